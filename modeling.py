@@ -1,0 +1,582 @@
+"""Concatenate the L2-normalized embeddings of several sentence-transformers models.
+
+This file ships to the Hugging Face Hub as remote code next to ``modules.json``
+(``"type": "modeling.ConcatEmbedding"``). It imports only the standard library, torch,
+transformers and sentence-transformers, and works with sentence-transformers 5.x and 6.x.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+try:  # sentence-transformers >= 6
+    from sentence_transformers.base.modules import InputModule
+except ImportError:  # sentence-transformers 5.x
+    from sentence_transformers.models import InputModule
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "concat_config.json"
+POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
+PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
+_CLASSIC_POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+    "weightedmean": "pooling_mode_weightedmean_tokens",
+    "lasttoken": "pooling_mode_lasttoken",
+}
+
+
+@dataclass
+class PartSpec:
+    """One entry of ``concat_config.json``: where a part lives and how its vector is shaped.
+
+    Args:
+        name: Unique name of the part (used in feature keys, errors and the model card).
+        subfolder: Folder, relative to the model root, holding the part as a complete
+            sentence-transformers model (Transformer + Pooling + Normalize).
+        dimension: Output dimension of the part before truncation; checked at load time.
+        pooling: Pooling mode of the part; checked against the part's Pooling module.
+        max_seq_length: Token limit applied to this part; ``None`` keeps the part's own.
+        prompts: Per-part overrides of the model-wide prompt texts, by prompt name.
+        weight: Factor applied to the part's unit vector before concatenation.
+        truncate_dim: Matryoshka truncation: keep the first ``truncate_dim`` dimensions of this
+            part, then re-normalize. ``None`` keeps all dimensions.
+        source: Where the part was built from (a Hub id or a folder), for provenance.
+        revision: Resolved commit of ``source`` on the Hub, for provenance.
+    """
+
+    name: str
+    subfolder: str
+    dimension: int
+    pooling: str
+    max_seq_length: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    weight: float = 1.0
+    truncate_dim: int | None = None
+    source: str | None = None
+    revision: str | None = None
+
+    @property
+    def output_dimension(self) -> int:
+        """Number of dimensions this part contributes to the concatenation."""
+        return self.truncate_dim or self.dimension
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> PartSpec:
+        """Validate one ``parts[i]`` entry of ``concat_config.json``.
+
+        Args:
+            data: The decoded JSON object.
+            where: Location used in error messages, e.g. ``"concat_config.json: parts[1]"``.
+
+        Raises:
+            ValueError: Naming the file and field for every unknown, missing or invalid field.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        if unknown := sorted(set(data) - set(known)):
+            raise ValueError(f"{where}: unknown field(s) {unknown}; valid fields: {known}")
+        for required in ("name", "subfolder", "dimension", "pooling"):
+            if required not in data:
+                raise ValueError(f"{where}: missing required field {required!r}")
+        spec = cls(**data)
+        spec._validate(where)
+        return spec
+
+    def _validate(self, where: str) -> None:
+        def bad(field_name: str, expected: str) -> ValueError:
+            return ValueError(f"{where}.{field_name} = {getattr(self, field_name)!r}: expected {expected}")
+
+        if not isinstance(self.name, str) or not self.name:
+            raise bad("name", "a non-empty string")
+        if not isinstance(self.subfolder, str) or not self.subfolder or Path(self.subfolder).is_absolute():
+            raise bad("subfolder", "a non-empty relative folder name")
+        if ".." in Path(self.subfolder).parts:
+            raise bad("subfolder", "a folder inside the model (no '..')")
+        if not _is_positive_int(self.dimension):
+            raise bad("dimension", "a positive integer")
+        if self.pooling not in POOLING_MODES:
+            raise bad("pooling", f"one of {list(POOLING_MODES)}")
+        if self.max_seq_length is not None and not _is_positive_int(self.max_seq_length):
+            raise bad("max_seq_length", "a positive integer or null")
+        if not isinstance(self.prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
+        ):
+            raise bad("prompts", "an object mapping prompt names to prompt texts")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight > 0:
+            raise bad("weight", "a number > 0")
+        if self.truncate_dim is not None and not (
+            _is_positive_int(self.truncate_dim) and self.truncate_dim <= self.dimension
+        ):
+            raise bad("truncate_dim", f"null or an integer in [1, {self.dimension}] (the part's dimension)")
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def parse_concat_config(data: Any, where: str = CONFIG_FILE) -> tuple[list[PartSpec], bool]:
+    """Validate a decoded ``concat_config.json``.
+
+    Args:
+        data: The decoded JSON document.
+        where: File name used in error messages.
+
+    Returns:
+        The part specs, in concatenation order, and the ``normalize_output`` flag.
+
+    Raises:
+        ValueError: Naming the file and field of the first problem found.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'parts', got {type(data).__name__}")
+    if unknown := sorted(set(data) - set(ConcatEmbedding.config_keys)):
+        raise ValueError(f"{where}: unknown field(s) {unknown}; valid fields: {ConcatEmbedding.config_keys}")
+    parts = data.get("parts")
+    if not isinstance(parts, list) or len(parts) < 2:
+        raise ValueError(f"{where}: 'parts' must be a list of at least 2 parts, got {parts!r}")
+    specs = [PartSpec.from_dict(part, f"{where}: parts[{i}]") for i, part in enumerate(parts)]
+    for key in ("name", "subfolder"):
+        values = [getattr(spec, key) for spec in specs]
+        if len(set(values)) != len(values):
+            raise ValueError(f"{where}: parts[*].{key} must be unique, got {values}")
+    normalize_output = data.get("normalize_output", False)
+    if not isinstance(normalize_output, bool):
+        raise ValueError(f"{where}: normalize_output = {normalize_output!r}: expected true or false")
+    return specs, normalize_output
+
+
+def _st_module_class(type_ref: str, where: str) -> type[nn.Module]:
+    """Resolve a standard sentence-transformers module type named in a part's ``modules.json``."""
+    class_name = type_ref.rsplit(".", 1)[-1]
+    if not type_ref.startswith("sentence_transformers.") or class_name not in PART_MODULE_TYPES:
+        raise ValueError(
+            f"{where}: module type {type_ref!r} is not supported in a part; "
+            f"valid types: sentence_transformers.models.{{{', '.join(PART_MODULE_TYPES)}}}"
+        )
+    for home in ("sentence_transformers.sentence_transformer.modules", "sentence_transformers.models"):
+        try:
+            return getattr(importlib.import_module(home), class_name)
+        except (ImportError, AttributeError):
+            continue
+    raise ValueError(f"{where}: cannot import {type_ref!r} from the installed sentence-transformers")
+
+
+def pooling_mode_of(pooling: nn.Module) -> str:
+    """The pooling mode of a sentence-transformers Pooling module, on 5.x and 6.x."""
+    mode = getattr(pooling, "pooling_mode", None)
+    if isinstance(mode, str):
+        return mode
+    return pooling.get_pooling_mode_str()
+
+
+def embedding_dimension_of(module: nn.Module) -> int | None:
+    """The output dimension of a module, through whichever method name this version has."""
+    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+        if hasattr(module, name):
+            return getattr(module, name)()
+    return None
+
+
+def tokenize_texts(transformer: nn.Module, texts: list[str], prompt: str | None) -> dict[str, Tensor]:
+    """Tokenize ``prompt + text`` for each text with a part's Transformer module (5.x and 6.x)."""
+    if prompt:
+        texts = [prompt + text for text in texts]
+    tokenize = getattr(type(transformer), "preprocess", None)
+    if tokenize is None or tokenize is InputModule.preprocess:
+        features = transformer.tokenize(texts)
+    else:
+        features = transformer.preprocess(texts)
+    return {key: value for key, value in features.items() if isinstance(value, Tensor)}
+
+
+def _tokenizer_fingerprint(transformer: nn.Module) -> str:
+    tokenizer = transformer.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.dumps(
+        [
+            type(tokenizer).__name__,
+            backend.to_str() if backend is not None else repr(tokenizer),
+            list(getattr(tokenizer, "model_input_names", [])),
+            getattr(tokenizer, "padding_side", None),
+            getattr(tokenizer, "truncation_side", None),
+            transformer.max_seq_length,
+        ]
+    )
+
+
+def _write_json(path: str, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+
+
+def save_part(pipeline: nn.Sequential, output_path: str, prompts: dict[str, str] | None = None) -> None:
+    """Save one part as a complete sentence-transformers model that also loads on its own.
+
+    The modules are written with the classic ``sentence_transformers.models.*`` type names and
+    classic configuration files, which sentence-transformers 5.x and 6.x both read.
+
+    Args:
+        pipeline: The part's Transformer, Pooling, (Dense...) and Normalize modules.
+        output_path: The part's folder.
+        prompts: Effective prompts of the part, written to its ``config_sentence_transformers.json``.
+    """
+    os.makedirs(output_path, exist_ok=True)
+    modules_config = []
+    for idx, module in enumerate(pipeline):
+        class_name = type(module).__name__
+        path = "" if idx == 0 else f"{idx}_{class_name}"
+        module_path = os.path.join(output_path, path)
+        os.makedirs(module_path, exist_ok=True)
+        module.save(module_path)
+        if class_name == "Transformer":
+            _write_json(
+                os.path.join(module_path, "sentence_bert_config.json"),
+                {"max_seq_length": module.max_seq_length, "do_lower_case": False},
+            )
+        elif class_name == "Pooling":
+            mode = pooling_mode_of(module)
+            config = {"word_embedding_dimension": embedding_dimension_of(module)}
+            config |= {key: mode == name for name, key in _CLASSIC_POOLING_KEYS.items()}
+            config["include_prompt"] = getattr(module, "include_prompt", True)
+            _write_json(os.path.join(module_path, "config.json"), config)
+        modules_config.append(
+            {"idx": idx, "name": str(idx), "path": path, "type": f"sentence_transformers.models.{class_name}"}
+        )
+    _write_json(os.path.join(output_path, "modules.json"), modules_config)
+    _write_json(
+        os.path.join(output_path, "config_sentence_transformers.json"),
+        {"prompts": prompts or {}, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    )
+
+
+def load_part(
+    model_name_or_path: str,
+    subfolder: str,
+    spec: PartSpec,
+    where: str,
+    hub_kwargs: dict[str, Any],
+    module_kwargs: dict[str, Any],
+) -> nn.Sequential:
+    """Load one part (Transformer + Pooling + Normalize) from its subfolder, locally or from the Hub.
+
+    Args:
+        model_name_or_path: The combined model's folder or Hub repo id.
+        subfolder: The part's folder inside it.
+        spec: The part's entry in ``concat_config.json``.
+        where: Location of that entry, for error messages.
+        hub_kwargs: ``token``, ``cache_folder``, ``revision`` and ``local_files_only``.
+        module_kwargs: Loading options for the modules, e.g. ``model_kwargs`` or ``trust_remote_code``.
+
+    Raises:
+        ValueError: If the subfolder is missing, holds an unsupported pipeline, or disagrees with ``spec``.
+    """
+    modules_path = InputModule.load_file_path(model_name_or_path, "modules.json", subfolder=subfolder, **hub_kwargs)
+    if modules_path is None:
+        raise ValueError(f"{where}.subfolder = {spec.subfolder!r}: no modules.json found in that folder")
+    modules_where = f"{subfolder}/modules.json"
+    with open(modules_path, encoding="utf-8") as handle:
+        modules_config = json.load(handle)
+    modules = []
+    for entry in modules_config:
+        module_class = _st_module_class(entry.get("type", ""), modules_where)
+        module_subfolder = Path(subfolder, entry.get("path", "")).as_posix()
+        kwargs = module_kwargs if module_class.__name__ == "Transformer" else {}
+        modules.append(module_class.load(model_name_or_path, subfolder=module_subfolder, **hub_kwargs, **kwargs))
+    names = [type(module).__name__ for module in modules]
+    if len(names) < 3 or names[0] != "Transformer" or names[1] != "Pooling" or names[-1] != "Normalize":
+        raise ValueError(f"{modules_where}: expected Transformer, Pooling, [Dense...], Normalize; got {names}")
+    mode = pooling_mode_of(modules[1])
+    if mode != spec.pooling:
+        raise ValueError(f"{where}.pooling = {spec.pooling!r} but {subfolder}/{modules_config[1]['path']} uses {mode!r}")
+    dimension = next(d for d in map(embedding_dimension_of, reversed(modules)) if d is not None)
+    if dimension != spec.dimension:
+        raise ValueError(f"{where}.dimension = {spec.dimension} but the model in {subfolder!r} outputs {dimension}")
+    if spec.max_seq_length is not None:
+        modules[0].max_seq_length = spec.max_seq_length
+    return nn.Sequential(*modules)
+
+
+class ConcatEmbedding(InputModule):
+    """Runs N sentence-transformers models side by side and concatenates their unit vectors.
+
+    Each part is a complete pipeline (Transformer + Pooling + Normalize) saved in its own
+    subfolder, so it also loads on its own. The output of part ``i`` is its normalized
+    embedding, optionally cut to ``truncate_dim`` and re-normalized, times ``weight``.
+
+    Use ``normalize_output=False`` (the default) to reproduce published concatenations: the
+    vector has norm sqrt(sum of squared weights), and with unit weights cosine similarity equals
+    the mean of the parts' cosines. Use ``normalize_output=True`` when a downstream store
+    expects unit vectors for dot-product search; cosine similarities are unchanged.
+
+    Prompts: the model-wide prompts of ``config_sentence_transformers.json`` reach every
+    part; ``PartSpec.prompts`` overrides the text of a prompt name for one part. When parts
+    share an identical tokenizer, token limit and prompt, the batch is tokenized once.
+
+    Args:
+        pipelines: One ``nn.Sequential`` per part, in concatenation order.
+        parts: The matching :class:`PartSpec` entries (or their dicts).
+        normalize_output: L2-normalize the concatenated vector.
+    """
+
+    config_file_name: str = CONFIG_FILE
+    config_keys: list[str] = ["parts", "normalize_output"]
+    save_in_root: bool = True
+
+    def __init__(
+        self,
+        pipelines: Sequence[nn.Sequential],
+        parts: Sequence[PartSpec | dict[str, Any]],
+        normalize_output: bool = False,
+    ) -> None:
+        super().__init__()
+        specs, normalize_output = parse_concat_config(
+            {"parts": [asdict(p) if isinstance(p, PartSpec) else p for p in parts], "normalize_output": normalize_output},
+            where="ConcatEmbedding",
+        )
+        if len(pipelines) != len(specs):
+            raise ValueError(f"ConcatEmbedding: got {len(pipelines)} pipelines for {len(specs)} parts")
+        self.pipelines = nn.ModuleList(pipelines)
+        self.specs = specs
+        self.normalize_output = normalize_output
+        self.model_prompts: dict[str, str] = {}
+        self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """The saved form of the part specs, with each part's current ``max_seq_length``."""
+        return [
+            asdict(spec) | {"max_seq_length": pipeline[0].max_seq_length}
+            for spec, pipeline in zip(self.specs, self.pipelines)
+        ]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The first part's tokenizer (what ``SentenceTransformer.tokenizer`` reports)."""
+        return self.pipelines[0][0].tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        """The largest token limit of the parts; setting it applies to every part."""
+        return max(pipeline[0].max_seq_length for pipeline in self.pipelines)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        for pipeline in self.pipelines:
+            pipeline[0].max_seq_length = value
+        self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
+
+    def on_model_ready(self, model: nn.Module) -> None:
+        """Keep the model-wide prompts so that per-part prompt overrides can be resolved."""
+        self.model_prompts = model.prompts
+
+    def get_embedding_dimension(self) -> int:
+        """Total dimension of the concatenated vector."""
+        return sum(spec.output_dimension for spec in self.specs)
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{spec.name}={spec.output_dimension}d/{spec.pooling}" for spec in self.specs)
+        return f"ConcatEmbedding({parts}, normalize_output={self.normalize_output})"
+
+    def part_prompt(self, index: int, prompt: str | None, task: str | None = None) -> str | None:
+        """The prompt text that part ``index`` receives for a resolved model-wide ``prompt``.
+
+        sentence-transformers hands modules only the prompt text; the prompt name is recovered
+        from ``task`` (``encode_query`` / ``encode_document``) or from the model-wide prompts.
+        """
+        if prompt is None:
+            return None
+        overrides = self.specs[index].prompts
+        if task in overrides and self.model_prompts.get(task, prompt) == prompt:
+            return overrides[task]
+        names = [name for name, text in self.model_prompts.items() if text == prompt and name in overrides]
+        texts = {overrides[name] for name in names}
+        if len(texts) > 1:
+            logger.warning(
+                "Prompt %r matches prompt names %s with different overrides for part %r; using it unchanged.",
+                prompt,
+                names,
+                self.specs[index].name,
+            )
+        return texts.pop() if len(texts) == 1 else prompt
+
+    def preprocess(
+        self,
+        inputs: Sequence[str],
+        prompt: str | None = None,
+        task: str | None = None,
+        **kwargs,
+    ) -> dict[str, Tensor]:
+        """Tokenize the texts for every part, as flat ``part{i}.<feature>`` tensors.
+
+        Raises:
+            TypeError: If an input is not a string (the message names its position in the batch).
+        """
+        texts = list(inputs)
+        for position, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"ConcatEmbedding accepts only str inputs; batch item {position} is "
+                    f"{type(text).__name__}: {text!r:.80}"
+                )
+        features: dict[str, Tensor] = {}
+        tokenized: dict[tuple[str, str | None], dict[str, Tensor]] = {}
+        for index, pipeline in enumerate(self.pipelines):
+            part_prompt = self.part_prompt(index, prompt, task)
+            key = (self._fingerprints[index], part_prompt)
+            if key not in tokenized:
+                tokenized[key] = tokenize_texts(pipeline[0], texts, part_prompt)
+            features |= {f"part{index}.{name}": value for name, value in tokenized[key].items()}
+        return features
+
+    def tokenize(self, texts: list[str], **kwargs) -> dict[str, Tensor]:
+        """Alias of :meth:`preprocess` for sentence-transformers 5.x."""
+        return self.preprocess(texts, **kwargs)
+
+    def forward(self, features: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:
+        """Run every part, shape its unit vector and write the concatenation to ``sentence_embedding``."""
+        outputs = []
+        for index, (spec, pipeline) in enumerate(zip(self.specs, self.pipelines)):
+            prefix = f"part{index}."
+            part_features = {key[len(prefix) :]: value for key, value in features.items() if key.startswith(prefix)}
+            embedding = pipeline(part_features)["sentence_embedding"]
+            if spec.truncate_dim is not None:
+                embedding = F.normalize(embedding[..., : spec.truncate_dim], p=2, dim=-1)
+            if spec.weight != 1.0:
+                embedding = embedding * spec.weight
+            features[f"{prefix}sentence_embedding"] = embedding
+            outputs.append(embedding)
+        embedding = torch.cat(outputs, dim=-1)
+        if self.normalize_output:
+            embedding = F.normalize(embedding, p=2, dim=-1)
+        features["sentence_embedding"] = embedding
+        return features
+
+    def part_prompts(self, index: int) -> dict[str, str]:
+        """Effective prompts of part ``index``: the model-wide prompts with its overrides applied."""
+        return dict(self.model_prompts) | self.specs[index].prompts
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """Save every part into its subfolder and the part specs into ``concat_config.json``."""
+        for index, (spec, pipeline) in enumerate(zip(self.specs, self.pipelines)):
+            save_part(pipeline, os.path.join(output_path, spec.subfolder), self.part_prompts(index))
+        self.save_config(output_path)
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        **kwargs,
+    ) -> ConcatEmbedding:
+        """Load the parts named in ``concat_config.json`` from a folder or a Hub repo.
+
+        ``token``, ``cache_folder``, ``revision`` and ``local_files_only`` reach every part;
+        so do the Transformer options sentence-transformers passes (``model_kwargs``,
+        ``trust_remote_code``, ``backend``, ...).
+        """
+        hub_kwargs = {
+            "token": token,
+            "cache_folder": cache_folder,
+            "revision": revision,
+            "local_files_only": local_files_only,
+        }
+        where = Path(subfolder, CONFIG_FILE).as_posix()
+        config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        if not config:
+            raise ValueError(f"{where}: not found in {model_name_or_path!r}")
+        specs, normalize_output = parse_concat_config(config, where)
+        module_kwargs = {key: value for key, value in kwargs.items() if key != "init_defaults"}
+        pipelines = [
+            load_part(
+                model_name_or_path,
+                Path(subfolder, spec.subfolder).as_posix(),
+                spec,
+                f"{where}: parts[{index}]",
+                hub_kwargs,
+                module_kwargs,
+            )
+            for index, spec in enumerate(specs)
+        ]
+        return cls(pipelines, specs, normalize_output=normalize_output)
+
+
+class ConcatConfig(PretrainedConfig):
+    """transformers configuration of the ``AutoModel`` route; the parts stay in their subfolders."""
+
+    model_type = "concat-embedding"
+
+
+class ConcatModel(PreTrainedModel):
+    """``AutoModel`` route: ``model(**tokenizer(texts, ...))`` returns the concatenated embeddings.
+
+    Available when all parts share one tokenizer (saved at the model root). Loading assembles
+    the parts from their subfolders through :class:`ConcatEmbedding`; prompts are the caller's job.
+    """
+
+    config_class = ConcatConfig
+    base_model_prefix = "concat"
+
+    def __init__(self, config: ConcatConfig, concat: ConcatEmbedding | None = None) -> None:
+        super().__init__(config)
+        self.concat = concat
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, *args, **kwargs) -> ConcatModel:
+        """Assemble the model from the parts of a sentence-transformers folder or Hub repo."""
+        hub_keys = ("token", "cache_dir", "revision", "local_files_only")
+        hub = {key: kwargs[key] for key in hub_keys if key in kwargs}
+        config = kwargs.pop("config", None) or ConcatConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        model_kwargs = {key: kwargs[key] for key in ("torch_dtype", "dtype") if key in kwargs}
+        concat = ConcatEmbedding.load(
+            str(pretrained_model_name_or_path),
+            token=hub.get("token"),
+            cache_folder=hub.get("cache_dir"),
+            revision=hub.get("revision"),
+            local_files_only=hub.get("local_files_only", False),
+            model_kwargs=model_kwargs,
+        )
+        return cls(config, concat).eval()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        **kwargs,
+    ) -> Tensor:
+        """Return the ``[batch, total_dimension]`` concatenated embeddings."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        inputs = {key: value for key, value in inputs.items() if value is not None}
+        if "attention_mask" not in inputs:
+            inputs["attention_mask"] = torch.ones_like(input_ids)
+        features = {
+            f"part{index}.{key}": value
+            for index, pipeline in enumerate(self.concat.pipelines)
+            for key, value in inputs.items()
+            if key != "token_type_ids" or "token_type_ids" in pipeline[0].tokenizer.model_input_names
+        }
+        return self.concat(features)["sentence_embedding"]

@@ -1,0 +1,27 @@
+"""Session fixtures: tiny random BERT parts built in-process, and an isolated HF cache."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_HF_HOME = tempfile.mkdtemp(prefix="concat-embed-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from tests.tiny_models import make_tiny_bert  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Plain transformers folders: ``a`` (32d, tokenizer a), ``a2`` (48d, tokenizer a), ``b`` (40d, tokenizer b)."""
+    root = tmp_path_factory.mktemp("tiny_parts")
+    return {
+        "a": make_tiny_bert(root / "a", hidden=32, tokenizer="a", seed=1),
+        "a2": make_tiny_bert(root / "a2", hidden=48, tokenizer="a", seed=2),
+        "b": make_tiny_bert(root / "b", hidden=40, tokenizer="b", seed=3),
+    }
