@@ -305,7 +305,9 @@ def load_part(
         raise ValueError(f"{modules_where}: expected Transformer, Pooling, [Dense...], Normalize; got {names}")
     mode = pooling_mode_of(modules[1])
     if mode != spec.pooling:
-        raise ValueError(f"{where}.pooling = {spec.pooling!r} but {subfolder}/{modules_config[1]['path']} uses {mode!r}")
+        raise ValueError(
+            f"{where}.pooling = {spec.pooling!r} but {subfolder}/{modules_config[1]['path']} uses {mode!r}"
+        )
     dimension = next(d for d in map(embedding_dimension_of, reversed(modules)) if d is not None)
     if dimension != spec.dimension:
         raise ValueError(f"{where}.dimension = {spec.dimension} but the model in {subfolder!r} outputs {dimension}")
@@ -348,7 +350,10 @@ class ConcatEmbedding(InputModule):
     ) -> None:
         super().__init__()
         specs, normalize_output = parse_concat_config(
-            {"parts": [asdict(p) if isinstance(p, PartSpec) else p for p in parts], "normalize_output": normalize_output},
+            {
+                "parts": [asdict(p) if isinstance(p, PartSpec) else p for p in parts],
+                "normalize_output": normalize_output,
+            },
             where="ConcatEmbedding",
         )
         if len(pipelines) != len(specs):

@@ -12,13 +12,12 @@ import sentence_transformers
 import torch
 import transformers
 
-from hub_export.modeling import ConcatEmbedding, PartSpec
+from hub_export.modeling import ConcatEmbedding, PartSpec, embedding_dimension_of, pooling_mode_of
 from hub_export.sources import load_source
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT_FILES = Path(__file__).resolve().parent
-MODELING_FILE = (REPO_ROOT_FILES / "modeling.py").resolve()
+MODELING_FILE = (Path(__file__).parent / "modeling.py").resolve()
 MODULES_TEMPLATE = MODELING_FILE.parent / "modules.json"
 
 
@@ -63,13 +62,12 @@ def build_model(
         pipeline = load_source(options.source, options.pooling)
         if options.max_seq_length is not None:
             pipeline[0].max_seq_length = options.max_seq_length
-        pooling = pipeline[1]
         specs.append(
             PartSpec(
                 name=options.name,
                 subfolder=options.name,
-                dimension=next(m.get_embedding_dimension() for m in reversed(pipeline) if hasattr(m, "get_embedding_dimension") and m.get_embedding_dimension()),
-                pooling=pooling.pooling_mode,
+                dimension=next(d for d in map(embedding_dimension_of, reversed(pipeline)) if d is not None),
+                pooling=pooling_mode_of(pipeline[1]),
                 max_seq_length=pipeline[0].max_seq_length,
                 prompts=options.prompts,
                 weight=options.weight,

@@ -19,9 +19,7 @@ from transformers import BertConfig, BertModel
 logger = logging.getLogger(__name__)
 
 
-def onnx_bert_state_dict(
-    model: onnx.ModelProto, prefix: str = ""
-) -> dict[str, np.ndarray]:
+def onnx_bert_state_dict(model: onnx.ModelProto, prefix: str = "") -> dict[str, np.ndarray]:
     """Map an ONNX BERT graph's initializers to ``BertModel`` parameter names.
 
     Args:
@@ -31,46 +29,23 @@ def onnx_bert_state_dict(
     Returns:
         Parameter name -> array, ready for ``BertModel.load_state_dict``.
     """
-    weights = {
-        init.name: numpy_helper.to_array(init) for init in model.graph.initializer
-    }
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     if not prefix:
-        anchor = next(
-            name
-            for name in weights
-            if name.endswith("embeddings.word_embeddings.weight")
-        )
+        anchor = next(name for name in weights if name.endswith("embeddings.word_embeddings.weight"))
         prefix = anchor[: -len("embeddings.word_embeddings.weight")]
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    state = {
-        name[len(prefix) :]: value
-        for name, value in weights.items()
-        if name.startswith(prefix)
-    }
+    state = {name[len(prefix) :]: value for name, value in weights.items() if name.startswith(prefix)}
     for node in model.graph.node:
-        if (
-            node.op_type != "MatMul"
-            or node.input[1] not in weights
-            or node.input[1].startswith(prefix)
-        ):
+        if node.op_type != "MatMul" or node.input[1] not in weights or node.input[1].startswith(prefix):
             continue
         adds = [n for n in consumers.get(node.output[0], []) if n.op_type == "Add"]
-        biases = [
-            name
-            for add in adds
-            for name in add.input
-            if name.startswith(prefix) and name.endswith(".bias")
-        ]
+        biases = [name for add in adds for name in add.input if name.startswith(prefix) and name.endswith(".bias")]
         if len(biases) != 1:
-            raise ValueError(
-                f"MatMul {node.name!r}: expected one named bias after it, found {biases}"
-            )
-        state[biases[0][len(prefix) : -len(".bias")] + ".weight"] = weights[
-            node.input[1]
-        ].T.copy()
+            raise ValueError(f"MatMul {node.name!r}: expected one named bias after it, found {biases}")
+        state[biases[0][len(prefix) : -len(".bias")] + ".weight"] = weights[node.input[1]].T.copy()
     return state
 
 
@@ -81,9 +56,7 @@ def bert_config_from_state(
 ) -> BertConfig:
     """Infer a ``BertConfig`` from parameter shapes; the head count is not visible in them."""
     vocab_size, hidden = state["embeddings.word_embeddings.weight"].shape
-    layers = len(
-        {name.split(".")[2] for name in state if name.startswith("encoder.layer.")}
-    )
+    layers = len({name.split(".")[2] for name in state if name.startswith("encoder.layer.")})
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -96,9 +69,7 @@ def bert_config_from_state(
     )
 
 
-def convert_onnx_bert(
-    onnx_path: str | Path, output_dir: str | Path, num_attention_heads: int
-) -> Path:
+def convert_onnx_bert(onnx_path: str | Path, output_dir: str | Path, num_attention_heads: int) -> Path:
     """Write ``config.json`` + ``model.safetensors`` of a ``BertModel`` rebuilt from an ONNX file.
 
     Args:
@@ -121,20 +92,13 @@ def convert_onnx_bert(
         for attr in node.attribute
         if attr.name == "epsilon"
     ]
-    config = bert_config_from_state(
-        state, num_attention_heads, layer_norm_eps=epsilons[0] if epsilons else 1e-12
-    )
+    config = bert_config_from_state(state, num_attention_heads, layer_norm_eps=epsilons[0] if epsilons else 1e-12)
     bert = BertModel(config, add_pooling_layer=False)
-    tensors = {
-        name: torch.from_numpy(np.ascontiguousarray(value))
-        for name, value in state.items()
-    }
+    tensors = {name: torch.from_numpy(np.array(value, copy=True)) for name, value in state.items()}
     missing, unexpected = bert.load_state_dict(tensors, strict=False)
     missing = [name for name in missing if not name.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(
-            f"{onnx_path}: missing parameters {missing}, unexpected {unexpected}"
-        )
+        raise ValueError(f"{onnx_path}: missing parameters {missing}, unexpected {unexpected}")
     bert.save_pretrained(str(output_dir), safe_serialization=True)
     return Path(output_dir)
 
@@ -156,17 +120,13 @@ def convert_and_check(
     Raises:
         ValueError: If no head count reproduces onnxruntime within ``tolerance``.
     """
-    hidden = onnx_bert_state_dict(onnx.load(str(onnx_path)))[
-        "embeddings.word_embeddings.weight"
-    ].shape[1]
+    hidden = onnx_bert_state_dict(onnx.load(str(onnx_path)))["embeddings.word_embeddings.weight"].shape[1]
     diffs = {}
     for head_size in (64, 32, 128, 16):
         if hidden % head_size:
             continue
         convert_onnx_bert(onnx_path, output_dir, hidden // head_size)
-        diffs[hidden // head_size] = max_abs_diff_vs_onnxruntime(
-            onnx_path, output_dir, input_ids
-        )
+        diffs[hidden // head_size] = max_abs_diff_vs_onnxruntime(onnx_path, output_dir, input_ids)
         if diffs[hidden // head_size] <= tolerance:
             logger.info(
                 "Converted %s: %d heads, max |diff| vs onnxruntime %.2e",
@@ -175,14 +135,10 @@ def convert_and_check(
                 diffs[hidden // head_size],
             )
             return diffs[hidden // head_size]
-    raise ValueError(
-        f"{onnx_path}: no head count reproduces onnxruntime within {tolerance}: {diffs}"
-    )
+    raise ValueError(f"{onnx_path}: no head count reproduces onnxruntime within {tolerance}: {diffs}")
 
 
-def max_abs_diff_vs_onnxruntime(
-    onnx_path: str | Path, model_dir: str | Path, input_ids: torch.Tensor
-) -> float:
+def max_abs_diff_vs_onnxruntime(onnx_path: str | Path, model_dir: str | Path, input_ids: torch.Tensor) -> float:
     """Largest |difference| between onnxruntime's token embeddings and the converted model's.
 
     Args:
@@ -192,9 +148,7 @@ def max_abs_diff_vs_onnxruntime(
     """
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(
-        str(onnx_path), providers=["CPUExecutionProvider"]
-    )
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     mask = torch.ones_like(input_ids)
     feeds = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
     feeds = {inp.name: feeds[inp.name] for inp in session.get_inputs()}

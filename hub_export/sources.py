@@ -40,7 +40,9 @@ def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
         if len(modules) < 2 or names[0] != "Transformer" or names[1] != "Pooling":
             raise ValueError(f"{path}/modules.json: a part must start with Transformer, Pooling; got {names}")
         if unsupported := [name for name in names[2:] if name not in ("Dense", "Normalize")]:
-            raise ValueError(f"{path}/modules.json: unsupported modules {unsupported}; allowed after Pooling: Dense, Normalize")
+            raise ValueError(
+                f"{path}/modules.json: unsupported modules {unsupported}; allowed after Pooling: Dense, Normalize"
+            )
         mode = pooling_mode_of(modules[1])
         if pooling is not None and pooling != mode:
             raise ValueError(f"{path}: --pooling {pooling!r} conflicts with the folder's own pooling {mode!r}")
@@ -49,5 +51,7 @@ def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
     if (path / "config.json").is_file():
         transformer = Transformer(str(path))
         mode = pooling or "cls"
-        return nn.Sequential(transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=mode), Normalize())
+        return nn.Sequential(
+            transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=mode), Normalize()
+        )
     raise ValueError(f"{path}: not a model folder (no modules.json or config.json)")

@@ -25,3 +25,32 @@ def tiny_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "a2": make_tiny_bert(root / "a2", hidden=48, tokenizer="a", seed=2),
         "b": make_tiny_bert(root / "b", hidden=40, tokenizer="b", seed=3),
     }
+
+
+QUERY_PROMPT = "Represent this sentence for searching relevant passages: "
+
+
+@pytest.fixture(scope="session")
+def built_model(tiny_parts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-part model: a (cls), b (mean, truncate 16, weight 0.5, own query prompt), a2 (lasttoken)."""
+    from hub_export.build import PartOptions, build_model
+
+    return build_model(
+        [
+            PartOptions("alpha", str(tiny_parts["a"])),
+            PartOptions(
+                "beta", str(tiny_parts["b"]), pooling="mean", truncate_dim=16, weight=0.5, prompts={"query": "find: "}
+            ),
+            PartOptions("gamma", str(tiny_parts["a2"]), pooling="lasttoken", max_seq_length=32),
+        ],
+        tmp_path_factory.mktemp("built") / "model",
+        prompts={"query": QUERY_PROMPT, "document": ""},
+    )
+
+
+@pytest.fixture(scope="session")
+def loaded_model(built_model: Path):
+    """``built_model`` loaded through sentence-transformers' remote-code route."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(built_model), trust_remote_code=True, device="cpu")

@@ -60,7 +60,9 @@ def reference_part(
     """One part's embedding computed with plain transformers: pool, normalize, truncate, weight."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
-    batch = tokenizer([prompt + t for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch = tokenizer(
+        [prompt + t for t in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.inference_mode():
         tokens = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)

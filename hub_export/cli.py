@@ -1,0 +1,135 @@
+"""``concat-embed``: build, demo, verify and publish combined embedding models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from hub_export.build import PartOptions, build_model
+
+T = TypeVar("T")
+logger = logging.getLogger("hub_export")
+
+
+def split_assignment(value: str, flag: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; raise ``ValueError`` naming the flag when there is no ``=``."""
+    key, sep, rest = value.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{flag} expects KEY=VALUE, got {value!r}")
+    return key.strip(), rest
+
+
+def per_part(
+    values: Sequence[str] | None, flag: str, names: Sequence[str], convert: Callable[[str], T]
+) -> dict[str, T]:
+    """Parse repeated ``NAME=VALUE`` options whose NAME must be one of the part names."""
+    result: dict[str, T] = {}
+    for value in values or []:
+        name, raw = split_assignment(value, flag)
+        if name not in names:
+            raise ValueError(f"{flag} {value!r}: unknown part {name!r}; valid parts: {list(names)}")
+        try:
+            result[name] = convert(raw)
+        except ValueError as error:
+            raise ValueError(f"{flag} {value!r}: {error}") from None
+    return result
+
+
+def positive_int(raw: str) -> int:
+    """An integer > 0."""
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
+    """Turn the ``build`` options into :class:`PartOptions`, validating every name and value."""
+    sources = [split_assignment(value, "--part") for value in args.part]
+    names = [name for name, _ in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--part names must be unique, got {names}")
+    pooling = per_part(args.pooling, "--pooling", names, str)
+    max_len = per_part(args.max_seq_length, "--max-seq-length", names, positive_int)
+    weights = per_part(args.weight, "--weight", names, float)
+    truncate = per_part(args.truncate_dim, "--truncate-dim", names, positive_int)
+    part_prompts: dict[str, dict[str, str]] = {}
+    for value in args.part_prompt or []:
+        key, text = split_assignment(value, "--part-prompt")
+        name, _, prompt_name = key.partition(".")
+        if name not in names or not prompt_name:
+            raise ValueError(f"--part-prompt {value!r}: expected PART.PROMPT_NAME=TEXT with PART in {names}")
+        part_prompts.setdefault(name, {})[prompt_name] = text
+    return [
+        PartOptions(
+            name=name,
+            source=source,
+            pooling=pooling.get(name),
+            max_seq_length=max_len.get(name),
+            weight=weights.get(name, 1.0),
+            truncate_dim=truncate.get(name),
+            prompts=part_prompts.get(name, {}),
+        )
+        for name, source in sources
+    ]
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build a combined model folder."""
+    prompts = dict(split_assignment(value, "--prompt") for value in args.prompt or [])
+    out = build_model(parts_from_args(args), args.out, prompts=prompts, normalize_output=args.normalize_output)
+    logger.info("Built %s", out)
+    sys.stdout.write(f"{out}\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build (or reuse) the embedded demo model and run a small semantic search."""
+    from hub_export.demo import run_demo
+
+    run_demo(cache_dir=args.cache_dir, rebuild=args.rebuild, top_k=args.top_k, stream=sys.stdout)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The ``concat-embed`` argument parser."""
+    parser = argparse.ArgumentParser(prog="concat-embed", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="build a combined model folder from parts")
+    build.add_argument("--part", action="append", required=True, metavar="NAME=SRC", help="part source, in order")
+    build.add_argument("--pooling", action="append", metavar="NAME=MODE", help="pooling of a plain transformers part")
+    build.add_argument("--prompt", action="append", metavar="NAME=TEXT", help="model-wide prompt, e.g. query=...")
+    build.add_argument("--part-prompt", action="append", metavar="PART.NAME=TEXT", help="per-part prompt override")
+    build.add_argument("--max-seq-length", action="append", metavar="NAME=N")
+    build.add_argument("--weight", action="append", metavar="NAME=W")
+    build.add_argument("--truncate-dim", action="append", metavar="NAME=K")
+    build.add_argument("--normalize-output", action="store_true", help="L2-normalize the concatenation")
+    build.add_argument("--out", required=True, help="output folder")
+    build.set_defaults(func=cmd_build)
+
+    demo = sub.add_parser("demo", help="build the demo model from the PyPI-shipped MiniLM models and search")
+    demo.add_argument("--cache-dir", default=None, help="where the built demo model is cached")
+    demo.add_argument("--rebuild", action="store_true", help="rebuild even if a cached model exists")
+    demo.add_argument("--top-k", type=int, default=2)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``concat-embed`` and ``python -m hub_export``."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    try:
+        return args.func(args)
+    except ValueError as error:
+        parser.exit(2, f"concat-embed {args.command}: error: {error}\n")

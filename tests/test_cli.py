@@ -1,0 +1,80 @@
+"""``concat-embed build``: options reach the config; bad options get errors naming valid choices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hub_export.cli import main
+
+
+def test_build_writes_every_option(tiny_parts, tmp_path, capsys) -> None:
+    out = tmp_path / "m"
+    code = main(
+        [
+            "build",
+            "--part", f"arctic={tiny_parts['a']}",
+            "--part", f"bge={tiny_parts['b']}",
+            "--pooling", "bge=mean",
+            "--prompt", "query=Represent this sentence for searching relevant passages: ",
+            "--part-prompt", "bge.query=q: ",
+            "--max-seq-length", "bge=48",
+            "--weight", "bge=0.5",
+            "--truncate-dim", "arctic=8",
+            "--normalize-output",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    config = json.loads((out / "concat_config.json").read_text())
+    arctic, bge = config["parts"]
+    assert (arctic["pooling"], arctic["truncate_dim"], arctic["weight"]) == ("cls", 8, 1.0)
+    assert (bge["pooling"], bge["max_seq_length"], bge["weight"], bge["prompts"]) == ("mean", 48, 0.5, {"query": "q: "})
+    assert config["normalize_output"] is True
+    st_config = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert st_config["prompts"] == {
+        "query": "Represent this sentence for searching relevant passages: ",
+        "document": "",
+    }
+    modules = json.loads((out / "modules.json").read_text())
+    assert modules == [{"idx": 0, "name": "0", "path": "", "type": "modeling.ConcatEmbedding"}]
+    assert (out / "modeling.py").is_file() and (out / "arctic" / "modules.json").is_file()
+
+
+def test_build_from_sentence_transformers_folder_keeps_its_pooling(tiny_parts, built_model, tmp_path) -> None:
+    out = tmp_path / "m"
+    main(["build", "--part", f"x={built_model / 'beta'}", "--part", f"y={tiny_parts['a']}", "--out", str(out)])
+    config = json.loads((out / "concat_config.json").read_text())
+    assert [p["pooling"] for p in config["parts"]] == ["mean", "cls"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weight", "zzz=2"], "unknown part 'zzz'; valid parts: ['x', 'y']"),
+        (["--pooling", "y=median"], "unknown pooling 'median'; valid modes: ['cls', 'mean'"),
+        (["--truncate-dim", "x=-3"], "expected a positive integer"),
+        (["--max-seq-length", "x"], "--max-seq-length expects KEY=VALUE"),
+        (["--part-prompt", "x=oops"], "expected PART.PROMPT_NAME=TEXT"),
+        (["--truncate-dim", "x=999"], "truncate_dim = 999"),
+    ],
+)
+def test_bad_options_exit_2_with_clear_message(tiny_parts, tmp_path, extra, message) -> None:
+    args = ["build", "--part", f"x={tiny_parts['a']}", "--part", f"y={tiny_parts['b']}", "--out", str(tmp_path / "m")]
+    run = subprocess.run(
+        [sys.executable, "-m", "hub_export", *args, *extra], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 2
+    assert message in run.stderr
+
+
+def test_single_part_and_missing_source_are_rejected(tiny_parts, tmp_path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["build", "--part", f"x={tiny_parts['a']}", "--out", str(tmp_path / "m")])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["build", "--part", "x=/nonexistent", "--part", f"y={tiny_parts['a']}", "--out", str(tmp_path / "m")])

