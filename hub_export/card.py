@@ -1,0 +1,171 @@
+"""The model card (``README.md``) of a combined model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CARD_TEMPLATE = """---
+{metadata}
+---
+
+# {title}
+
+A combination of {n_parts} embedding models: each part's embedding is L2-normalized{shaping}, then
+the parts are concatenated into one **{dimension}-dimensional** vector{norm_note}. Built with
+[concat-embed](https://pypi.org/project/concat-embed/); loads with `trust_remote_code=True`.
+
+## Parts
+
+| part | source | revision | dims | pooling | max tokens | weight | truncate | prompts |
+|---|---|---|---|---|---|---|---|---|
+{part_rows}
+
+Model-wide prompts: {prompts}
+
+## Usage
+
+### sentence-transformers
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{repo_id}", trust_remote_code=True)
+queries = model.encode_query(["what is snowflake?"])
+documents = model.encode_document(["Snowflake is a cloud data platform."])
+print(model.similarity(queries, documents))
+```
+
+### transformers (AutoModel)
+
+{auto_model}
+
+### LangChain
+
+```python
+from langchain_huggingface import HuggingFaceEmbeddings
+
+embeddings = HuggingFaceEmbeddings(
+    model_name="{repo_id}",
+    model_kwargs={{"trust_remote_code": True}},
+    query_encode_kwargs={{"prompt_name": "query"}},
+)
+vector = embeddings.embed_query("what is snowflake?")
+```
+
+### LlamaIndex
+
+```python
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+embed_model = HuggingFaceEmbedding(
+    model_name="{repo_id}", trust_remote_code=True, query_instruction={query_prompt!r}, text_instruction=""
+)
+vector = embed_model.get_query_embedding("what is snowflake?")
+```
+
+## Verification
+
+{verification}
+"""
+
+AUTO_MODEL_USAGE = """All parts share one tokenizer, so the model also loads without sentence-transformers
+(apply the query prompt yourself):
+
+```python
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+texts = [{query_prompt!r} + "what is snowflake?"]
+tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt", return_token_type_ids=False)
+with torch.no_grad():
+    embeddings = model(**tokens)  # [batch, {dimension}]
+```"""
+
+NO_AUTO_MODEL = (
+    "Not available for this model: its parts use different tokenizers, token limits or per-part prompts, "
+    "so one `AutoTokenizer` cannot feed them. Use sentence-transformers."
+)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _yaml_list(key: str, values: list[str]) -> str:
+    if not values:
+        return ""
+    return f"{key}:\n" + "".join(f"- {value}\n" for value in values)
+
+
+def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
+    """Render the model card of ``model_dir`` from its configuration and verification files."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "concat_config.json").read_text())
+    st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    verification = _read_json(model_dir / "verification.json")
+    parts = config["parts"]
+    prompts = st_config.get("prompts", {})
+    repo_id = repo_id or model_dir.name
+    dimension = sum(p["truncate_dim"] or p["dimension"] for p in parts)
+    hub_parts = [p["source"] for p in parts if p.get("revision")]
+    licenses = sorted({p["license"] for p in parts if p.get("license")})
+    metadata = (
+        "library_name: sentence-transformers\npipeline_tag: sentence-similarity\n"
+        + (f"license: {licenses[0]}\n" if len(licenses) == 1 else "license: other\n" if licenses else "")
+        + _yaml_list("base_model", hub_parts)
+        + _yaml_list("tags", ["sentence-transformers", "feature-extraction", "sentence-similarity", "concat-embed"])
+    ).rstrip()
+    rows = []
+    for p in parts:
+        own_prompts = ", ".join(f"{k}={v!r}" for k, v in p["prompts"].items()) or "model-wide"
+        rows.append(
+            f"| {p['name']} | {p['source'] or ''} | {(p.get('revision') or 'local')[:12]} | {p['dimension']} | "
+            f"{p['pooling']} | {p['max_seq_length']} | {p['weight']} | {p['truncate_dim'] or '-'} | {own_prompts} |"
+        )
+        if p.get("license"):
+            rows[-1] = rows[-1].replace(f"| {p['source']} |", f"| {p['source']} ({p['license']}) |", 1)
+    if verification is None:
+        verification_text = "Not verified yet: run `concat-embed verify` on this folder."
+    else:
+        lines = [
+            f"`concat-embed verify` compared this model with each part loaded on its own "
+            f"({verification['probes']} probe texts, query and document): "
+            f"**{'passed' if verification['passed'] else 'FAILED'}** at tolerance {verification['tolerance']:g}.",
+            "",
+            "| check | max abs diff |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {diff:.2e} |" for name, diff in verification["max_abs_diff"].items()]
+        verification_text = "\n".join(lines)
+    query_prompt = prompts.get("query", "")
+    shaping = (
+        ""
+        if not any(p["truncate_dim"] or p["weight"] != 1.0 for p in parts)
+        else " (then truncated/weighted as listed)"
+    )
+    return CARD_TEMPLATE.format(
+        metadata=metadata,
+        title=repo_id.split("/")[-1],
+        n_parts=len(parts),
+        shaping=shaping,
+        dimension=dimension,
+        norm_note=", L2-normalized again" if config.get("normalize_output") else "",
+        part_rows="\n".join(rows),
+        prompts=", ".join(f"`{k}` = {v!r}" for k, v in prompts.items()) or "none",
+        repo_id=repo_id,
+        query_prompt=query_prompt,
+        auto_model=AUTO_MODEL_USAGE.format(repo_id=repo_id, query_prompt=query_prompt, dimension=dimension)
+        if (model_dir / "config.json").is_file()
+        else NO_AUTO_MODEL,
+        verification=verification_text,
+    )
+
+
+def write_card(model_dir: str | Path, repo_id: str | None = None) -> Path:
+    """Write ``README.md`` into ``model_dir``."""
+    path = Path(model_dir) / "README.md"
+    path.write_text(render_card(model_dir, repo_id), encoding="utf-8")
+    return path

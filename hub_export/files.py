@@ -1,0 +1,63 @@
+"""Which files of a model folder are model files (the push allowlist) and their content hash."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from pathlib import Path
+
+ALLOWED = [
+    "modules.json",
+    "modeling.py",
+    "concat_config.json",
+    "config_sentence_transformers.json",
+    "config.json",
+    "README.md",
+    "verification.json",
+    "sentence_bert_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+]
+PICKLES = ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"]
+UNHASHED = {"README.md", "verification.json"}
+
+
+def model_files(model_dir: str | Path, allow_pickle: bool = False) -> list[str]:
+    """Relative paths of the files to publish: allowlisted names, no hidden folders, at most 3 levels deep.
+
+    Everything else (``.env``, keys, tokens, caches, ``.git``, notebooks, pickles unless
+    ``allow_pickle``) is left out.
+    """
+    root = Path(model_dir)
+    patterns = ALLOWED + (PICKLES if allow_pickle else [])
+    selected = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if not path.is_file() or path.is_symlink() or len(relative.parts) > 3:
+            continue
+        if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+            continue
+        if any(fnmatch.fnmatchcase(path.name, pattern) for pattern in patterns):
+            selected.append(relative.as_posix())
+    return selected
+
+
+def content_hash(model_dir: str | Path) -> str:
+    """sha256 over the model files (without the card and the verification record)."""
+    digest = hashlib.sha256()
+    for relative in model_files(model_dir, allow_pickle=True):
+        if relative in UNHASHED:
+            continue
+        digest.update(relative.encode() + b"\0" + hashlib.sha256((Path(model_dir) / relative).read_bytes()).digest())
+    return digest.hexdigest()

@@ -1,0 +1,85 @@
+"""``concat-embed push``: publish a verified model folder to a Hub repo in one commit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hub_export.card import write_card
+from hub_export.files import content_hash, model_files
+
+logger = logging.getLogger(__name__)
+
+
+def check_verified(model_dir: Path) -> None:
+    """Raise unless ``verification.json`` says the folder, as it is now, passed ``verify``."""
+    record_path = model_dir / "verification.json"
+    if not record_path.is_file():
+        raise ValueError(f"{model_dir} is not verified: run `concat-embed verify {model_dir}` (or pass --skip-verify)")
+    record = json.loads(record_path.read_text())
+    if not record.get("passed"):
+        raise ValueError(f"{model_dir} failed verification; fix it or pass --skip-verify")
+    if record.get("content_sha256") != content_hash(model_dir):
+        raise ValueError(f"{model_dir} changed since it was verified: run `concat-embed verify {model_dir}` again")
+
+
+def push_model(
+    model_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    skip_verify: bool = False,
+    allow_pickle: bool = False,
+) -> str:
+    """Upload the allowlisted model files of ``model_dir`` to ``repo_id`` in a single commit.
+
+    Args:
+        model_dir: The built (and verified) folder.
+        repo_id: ``org/name`` on the Hub (``HF_ENDPOINT`` selects the Hub).
+        private: Create the repo as private.
+        revision: Branch to commit to (created from ``main`` if missing).
+        token: Hub token; else ``HF_TOKEN`` or the stored login.
+        skip_verify: Push even without a passing, current ``verification.json``.
+        allow_pickle: Also upload pickle weights.
+
+    Returns:
+        The URL of the new commit.
+
+    Raises:
+        ValueError: If the folder is unverified, or no token is available (before any network call).
+    """
+    from huggingface_hub import HfApi, get_token
+
+    model_dir = Path(model_dir)
+    if not skip_verify:
+        check_verified(model_dir)
+    token = token or get_token()
+    if not token:
+        raise ValueError("no Hub token: pass --token, set HF_TOKEN, or log in with `hf auth login`")
+    write_card(model_dir, repo_id)
+    files = model_files(model_dir, allow_pickle=allow_pickle)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(model_dir),
+        repo_id=repo_id,
+        revision=revision,
+        allow_patterns=files,
+        commit_message=f"Upload {repo_id.split('/')[-1]} with concat-embed",
+    )
+    logger.info("Pushed %d files to %s", len(files), info.commit_url)
+    return info.commit_url
+
+
+def dry_run_listing(model_dir: str | Path, allow_pickle: bool = False) -> str:
+    """What ``push`` would upload: one ``size  path`` line per file and a total."""
+    model_dir = Path(model_dir)
+    files = model_files(model_dir, allow_pickle=allow_pickle)
+    sizes = [(model_dir / f).stat().st_size for f in files]
+    lines = [f"{size:>12,}  {path}" for path, size in zip(files, sizes)]
+    lines.append(f"{sum(sizes):>12,}  total ({len(files)} files)")
+    return "\n".join(lines)
