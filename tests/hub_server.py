@@ -156,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
         url = f"{self.server.endpoint}/{repo_id}"
         if repo_id in self.state.repos:
             return self.reply(409, {"error": "You already created this model repo", "url": url})
-        repo = Repo(private=bool(payload.get("private")))
+        repo = Repo(private=bool(payload.get("private")) or payload.get("visibility") == "private")
         self.state.commit(
             repo, "main", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, "initial commit"
         )

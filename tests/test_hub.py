@@ -1,0 +1,242 @@
+"""Hub round trip with the real huggingface_hub client against a local Hub-API server.
+
+``HF_ENDPOINT`` is read at import time, so every client runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.hub_server import HubServer
+from tests.tiny_models import make_tiny_bert, reference_part
+
+TOKEN = "hf_test_token"
+TEXTS = ["what is snowflake?", "Snowflake is a cloud data platform.", ""]
+QUERY = "Represent this sentence for searching relevant passages: "
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory) -> HubServer:
+    return HubServer(TOKEN).start()
+
+
+def client_env(hub: HubServer, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_HUB_OFFLINE", "HF_TOKEN")}
+    env |= {"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp / "hf-home")}
+    env |= {"HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    return env | extra
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
+
+
+def cli(hub: HubServer, tmp: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "hub_export", *args], client_env(hub, tmp, **extra), tmp)
+
+
+UPLOAD = """
+import sys
+from huggingface_hub import HfApi
+api = HfApi(token={token!r})
+api.create_repo({repo!r}, exist_ok=True)
+print(api.upload_folder(folder_path=sys.argv[1], repo_id={repo!r}).oid)
+"""
+
+ENCODE = """
+import json, sys
+from sentence_transformers import SentenceTransformer
+kwargs = json.loads(sys.argv[2])
+model = SentenceTransformer(sys.argv[1], trust_remote_code=True, **kwargs)
+out = {{"query": model.encode_query({texts!r}).tolist(), "document": model.encode_document({texts!r}).tolist()}}
+print(json.dumps(out))
+""".format(texts=TEXTS)
+
+
+def upload(hub: HubServer, tmp: Path, folder: Path, repo: str) -> str:
+    done = run([sys.executable, "-c", UPLOAD.format(token=TOKEN, repo=repo), str(folder)], client_env(hub, tmp), tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def encode_remote(hub: HubServer, tmp: Path, name: str, **kwargs) -> dict[str, torch.Tensor]:
+    done = run([sys.executable, "-c", ENCODE, name, json.dumps(kwargs)], client_env(hub, tmp), tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {k: torch.tensor(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+@pytest.fixture(scope="module")
+def upstream(hub: HubServer, tmp_path_factory) -> dict[str, str]:
+    """Two part repos on the server; ``up/alpha`` has two commits (the first is pinned by the tests)."""
+    tmp = tmp_path_factory.mktemp("upstream")
+    alpha_v1 = make_tiny_bert(tmp / "alpha_v1", 32, "a", seed=11)
+    (alpha_v1 / "README.md").write_text("---\nlicense: apache-2.0\n---\n# alpha\n")
+    first = upload(hub, tmp, alpha_v1, "up/alpha")
+    alpha_v2 = make_tiny_bert(tmp / "alpha_v2", 32, "a", seed=12)
+    (alpha_v2 / "README.md").write_text("---\nlicense: apache-2.0\n---\n# alpha v2\n")
+    second = upload(hub, tmp, alpha_v2, "up/alpha")
+    beta = make_tiny_bert(tmp / "beta", 40, "b", seed=13)
+    (beta / "README.md").write_text("---\nlicense: mit\n---\n# beta\n")
+    beta_sha = upload(hub, tmp, beta, "up/beta")
+    pickled = make_tiny_bert(tmp / "pickled", 32, "a", seed=14)
+    (pickled / "model.safetensors").unlink()
+    torch.save({}, pickled / "pytorch_model.bin")
+    upload(hub, tmp, pickled, "up/pickled")
+    return {"alpha_v1": first, "alpha_v2": second, "beta": beta_sha, "v1_dir": str(alpha_v1), "beta_dir": str(beta)}
+
+
+@pytest.fixture(scope="module")
+def built(hub, upstream, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("build")
+    done = cli(
+        hub, tmp, "build",
+        "--part", f"alpha=up/alpha@{upstream['alpha_v1']}",
+        "--part", "beta=up/beta",
+        "--pooling", "beta=mean",
+        "--prompt", f"query={QUERY}",
+        "--cache-dir", str(tmp / "cache"),
+        "--out", str(tmp / "model"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / "model"
+
+
+def expected(upstream: dict[str, str], query: bool) -> torch.Tensor:
+    prompt = QUERY if query else ""
+    return torch.cat(
+        [
+            reference_part(Path(upstream["v1_dir"]), TEXTS, "cls", prompt),
+            reference_part(Path(upstream["beta_dir"]), TEXTS, "mean", prompt),
+        ],
+        dim=-1,
+    )
+
+
+def test_build_records_pinned_revisions_and_licences(built, upstream) -> None:
+    parts = json.loads((built / "concat_config.json").read_text())["parts"]
+    assert [(p["source"], p["revision"]) for p in parts] == [
+        ("up/alpha", upstream["alpha_v1"]),
+        ("up/beta", upstream["beta"]),
+    ]
+    card = (built / "README.md").read_text()
+    assert upstream["alpha_v1"][:12] in card and "base_model:\n- up/alpha\n- up/beta" in card
+    assert "license: other" in card and "(apache-2.0)" in card and "(mit)" in card
+
+
+def test_build_at_pinned_revision_uses_that_revisions_weights(hub, built, upstream, tmp_path) -> None:
+    ours = encode_remote(hub, tmp_path, str(built))
+    assert torch.max(torch.abs(ours["query"] - expected(upstream, True))).item() <= 1e-5
+    assert torch.max(torch.abs(ours["document"] - expected(upstream, False))).item() <= 1e-5
+
+
+def test_pickle_only_part_is_refused_unless_allowed(hub, upstream, tmp_path) -> None:
+    args = ["build", "--part", "a=up/pickled", "--part", "b=up/beta", "--out", str(tmp_path / "m")]
+    done = cli(hub, tmp_path, *args, "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 2 and "only safetensors weights are accepted unless --allow-pickle" in done.stderr
+
+
+def test_unknown_revision_fails_clearly(hub, upstream, tmp_path) -> None:
+    done = cli(hub, tmp_path, "build", "--part", "a=up/alpha@nope", "--part", "b=up/beta", "--out", str(tmp_path / "m"))
+    assert done.returncode != 0 and "nope" in done.stderr
+
+
+def test_verify_push_and_load_from_hub(hub, built, upstream, tmp_path) -> None:
+    verified = cli(hub, tmp_path, "verify", str(built))
+    assert verified.returncode == 0, verified.stderr[-3000:]
+    assert "PASSED" in verified.stdout and "alpha" in verified.stdout
+    commits_before = dict(hub.state.repos["me/combined"].branches) if "me/combined" in hub.state.repos else {}
+    pushed = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/combined", "--token", TOKEN)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    url = pushed.stdout.strip().splitlines()[-1]
+    repo = hub.state.repos["me/combined"]
+    assert url == f"{hub.endpoint}/me/combined/commit/{repo.branches['main']}"
+    assert repo.branches != commits_before
+    files = repo.commits[repo.branches["main"]]
+    assert {"modules.json", "modeling.py", "concat_config.json", "alpha/model.safetensors"} <= set(files)
+    assert "usage" in files["README.md"].decode().lower() and "me/combined" in files["README.md"].decode()
+    cache = tmp_path / "st-cache"
+    remote = encode_remote(hub, tmp_path, "me/combined", cache_folder=str(cache))
+    local = encode_remote(hub, tmp_path, str(built))
+    assert torch.equal(remote["query"], local["query"]) and torch.equal(remote["document"], local["document"])
+    offline = run(
+        [sys.executable, "-c", ENCODE, "me/combined", json.dumps({"cache_folder": str(cache)})],
+        client_env(hub, tmp_path, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9"),
+        tmp_path,
+    )
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert torch.equal(torch.tensor(json.loads(offline.stdout.strip().splitlines()[-1])["query"]), remote["query"])
+
+
+def test_push_to_branch_and_load_with_revision(hub, built, upstream, tmp_path) -> None:
+    variant = tmp_path / "variant"
+    shutil.copytree(built, variant)
+    config = json.loads((variant / "concat_config.json").read_text())
+    config["parts"][1]["weight"] = 0.5
+    (variant / "concat_config.json").write_text(json.dumps(config))
+    assert cli(hub, tmp_path, "verify", str(variant)).returncode == 0
+    pushed = cli(hub, tmp_path, "push", str(variant), "--repo-id", "me/branchy", "--revision", "dev", "--token", TOKEN)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert cli(hub, tmp_path, "verify", str(built)).returncode == 0
+    assert cli(hub, tmp_path, "push", str(built), "--repo-id", "me/branchy", "--token", TOKEN).returncode == 0
+    dev = encode_remote(hub, tmp_path, "me/branchy", revision="dev", cache_folder=str(tmp_path / "c"))
+    main = encode_remote(hub, tmp_path, "me/branchy", cache_folder=str(tmp_path / "c"))
+    assert torch.max(torch.abs(main["query"] - expected(upstream, True))).item() <= 1e-5
+    assert torch.allclose(dev["query"][:, :32], main["query"][:, :32], atol=1e-6)
+    assert torch.allclose(dev["query"][:, 32:], 0.5 * main["query"][:, 32:], atol=1e-6)
+
+
+def test_server_error_mid_push_leaves_no_commit_and_retry_succeeds(hub, built, tmp_path) -> None:
+    assert cli(hub, tmp_path, "verify", str(built)).returncode == 0
+    assert cli(hub, tmp_path, "push", str(built), "--repo-id", "me/flaky", "--token", TOKEN).returncode == 0
+    repo = hub.state.repos["me/flaky"]
+    head, n_commits = repo.branches["main"], len(repo.commits)
+    hub.state.fail_next_commits = 10  # outlasts the client's own retries
+    failed = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/flaky", "--token", TOKEN)
+    assert failed.returncode != 0 and "500" in failed.stderr
+    assert repo.branches["main"] == head and len(repo.commits) == n_commits
+    hub.state.fail_next_commits = 0
+    (built / "README.md").write_text((built / "README.md").read_text() + "\nretry\n")
+    retried = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/flaky", "--token", TOKEN)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert repo.branches["main"] != head
+
+
+def test_push_guards(hub, built, tmp_path) -> None:
+    folder = tmp_path / "guarded"
+    shutil.copytree(built, folder)
+    (folder / ".env").write_text("HF_TOKEN=secret")
+    (folder / "alpha" / "pytorch_model.bin").write_bytes(b"pickle")
+    (folder / "notes.key").write_text("secret")
+    dry = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--dry-run")
+    assert dry.returncode == 0
+    assert "alpha/model.safetensors" in dry.stdout and "total" in dry.stdout
+    assert ".env" not in dry.stdout and "pytorch_model.bin" not in dry.stdout and "notes.key" not in dry.stdout
+    requests_before = len(hub.state.requests)
+    (folder / "verification.json").unlink()
+    unverified = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
+    assert unverified.returncode == 2 and "is not verified" in unverified.stderr
+    assert cli(hub, tmp_path, "verify", str(folder)).returncode == 0
+    (folder / "concat_config.json").write_text((folder / "concat_config.json").read_text().replace("1.0", "2.0", 1))
+    stale = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
+    assert stale.returncode == 2 and "changed since it was verified" in stale.stderr
+    no_token = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--skip-verify")
+    assert no_token.returncode == 2 and "no Hub token" in no_token.stderr
+    assert len(hub.state.requests) == requests_before
+
+
+def test_private_repo_needs_token(hub, built, tmp_path) -> None:
+    assert cli(hub, tmp_path, "verify", str(built)).returncode == 0
+    pushed = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/secret", "--private", "--token", TOKEN)
+    assert pushed.returncode == 0
+    anonymous = run([sys.executable, "-c", ENCODE, "me/secret", "{}"], client_env(hub, tmp_path), tmp_path)
+    assert anonymous.returncode != 0
+    with_token = encode_remote(hub, tmp_path, "me/secret", token=TOKEN, cache_folder=str(tmp_path / "c"))
+    assert with_token["query"].shape == (3, 72)
