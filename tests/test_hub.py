@@ -51,14 +51,14 @@ api.create_repo({repo!r}, exist_ok=True)
 print(api.upload_folder(folder_path=sys.argv[1], repo_id={repo!r}).oid)
 """
 
-ENCODE = """
+ENCODE = f"""
 import json, sys
 from sentence_transformers import SentenceTransformer
 kwargs = json.loads(sys.argv[2])
 model = SentenceTransformer(sys.argv[1], trust_remote_code=True, **kwargs)
-out = {{"query": model.encode_query({texts!r}).tolist(), "document": model.encode_document({texts!r}).tolist()}}
+out = {{"query": model.encode_query({TEXTS!r}).tolist(), "document": model.encode_document({TEXTS!r}).tolist()}}
 print(json.dumps(out))
-""".format(texts=TEXTS)
+"""
 
 
 def upload(hub: HubServer, tmp: Path, folder: Path, repo: str) -> str:
