@@ -190,7 +190,7 @@ def pooling_mode_of(pooling: nn.Module) -> str:
 
 def embedding_dimension_of(module: nn.Module) -> int | None:
     """The output dimension of a module, through whichever method name this version has."""
-    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+    for name in ("get_embedding_dimension", "get_sentence_embedding_dimension", "get_word_embedding_dimension"):
         if hasattr(module, name):
             return getattr(module, name)()
     return None
@@ -521,6 +521,9 @@ class ConcatEmbedding(InputModule):
         if not config:
             raise ValueError(f"{where}: not found in {model_name_or_path!r}")
         specs, normalize_output = parse_concat_config(config, where)
+        st_config_path = cls.load_file_path(
+            model_name_or_path, "config_sentence_transformers.json", subfolder=subfolder, **hub_kwargs
+        )
         module_kwargs = {key: value for key, value in kwargs.items() if key != "init_defaults"}
         pipelines = [
             load_part(
@@ -533,7 +536,11 @@ class ConcatEmbedding(InputModule):
             )
             for index, spec in enumerate(specs)
         ]
-        return cls(pipelines, specs, normalize_output=normalize_output)
+        module = cls(pipelines, specs, normalize_output=normalize_output)
+        if st_config_path is not None:  # until on_model_ready (sentence-transformers >= 6) hands over the live ones
+            with open(st_config_path, encoding="utf-8") as handle:
+                module.model_prompts = dict(json.load(handle).get("prompts") or {})
+        return module
 
 
 class ConcatConfig(PretrainedConfig):

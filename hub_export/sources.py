@@ -6,11 +6,14 @@ import logging
 from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Normalize, Transformer
-from sentence_transformers.sentence_transformer.modules import Pooling
 from torch import nn
 
-from hub_export.modeling import POOLING_MODES, pooling_mode_of
+try:  # sentence-transformers >= 6
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+except ImportError:  # sentence-transformers 5.x
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+from hub_export.modeling import POOLING_MODES, embedding_dimension_of, pooling_mode_of
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,5 @@ def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
     if (path / "config.json").is_file():
         transformer = Transformer(str(path))
         mode = pooling or "cls"
-        return nn.Sequential(
-            transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=mode), Normalize()
-        )
+        return nn.Sequential(transformer, Pooling(embedding_dimension_of(transformer), pooling_mode=mode), Normalize())
     raise ValueError(f"{path}: not a model folder (no modules.json or config.json)")
