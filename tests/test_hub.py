@@ -173,6 +173,19 @@ def test_verify_push_and_load_from_hub(hub, built, upstream, tmp_path) -> None:
     )
     assert offline.returncode == 0, offline.stderr[-3000:]
     assert torch.equal(torch.tensor(json.loads(offline.stdout.strip().splitlines()[-1])["query"]), remote["query"])
+    local_only = run(
+        [
+            sys.executable,
+            "-c",
+            ENCODE,
+            "me/combined",
+            json.dumps({"cache_folder": str(cache), "local_files_only": True}),
+        ],
+        client_env(hub, tmp_path, HF_ENDPOINT="http://127.0.0.1:9"),
+        tmp_path,
+    )
+    assert local_only.returncode == 0, local_only.stderr[-3000:]
+    assert torch.equal(torch.tensor(json.loads(local_only.stdout.strip().splitlines()[-1])["query"]), remote["query"])
 
 
 def test_push_to_branch_and_load_with_revision(hub, built, upstream, tmp_path) -> None:
