@@ -364,6 +364,9 @@ class ConcatEmbedding(InputModule):
         self.specs = specs
         self.normalize_output = normalize_output
         self.model_prompts: dict[str, str] = {}
+        self._refresh_fingerprints()
+
+    def _refresh_fingerprints(self) -> None:
         self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
 
     @property
@@ -393,7 +396,7 @@ class ConcatEmbedding(InputModule):
     def max_seq_length(self, value: int) -> None:
         for pipeline in self.pipelines:
             pipeline[0].max_seq_length = value
-        self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
+        self._refresh_fingerprints()
 
     def on_model_ready(self, model: nn.Module) -> None:
         """Keep the model-wide prompts so that per-part prompt overrides can be resolved."""

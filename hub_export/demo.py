@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
+from torch.nn.functional import normalize
 
 from hub_export.build import MODELING_FILE, PartOptions, build_model
+from hub_export.evaluation import part_views
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +99,12 @@ def run_demo(
     docs = torch.as_tensor(model.encode_document(texts["documents"]))
     queries = torch.as_tensor(model.encode_query(texts["queries"]))
     concat = model[0]
-    bounds, start = {}, 0
-    for spec in concat.specs:
-        bounds[spec.name] = (start, start + spec.output_dimension)
-        start += spec.output_dimension
-    bounds["concat"] = (0, start)
-    results: dict[str, dict[str, list[tuple[float, str]]]] = {}
-    for q_index, query in enumerate(texts["queries"]):
-        results[query] = {}
-        for view, (lo, hi) in bounds.items():
-            q = torch.nn.functional.normalize(queries[q_index, lo:hi], dim=-1)
-            d = torch.nn.functional.normalize(docs[:, lo:hi], dim=-1)
-            scores, indices = (d @ q).topk(top_k)
-            results[query][view] = [(float(s), texts["documents"][i]) for s, i in zip(scores, indices)]
+    results: dict[str, dict[str, list[tuple[float, str]]]] = {query: {} for query in texts["queries"]}
+    for view, cols in part_views(model).items():
+        scores = normalize(queries[:, cols], dim=-1) @ normalize(docs[:, cols], dim=-1).T
+        top_scores, top_indices = scores.topk(top_k, dim=-1)
+        for query, row_scores, row_indices in zip(texts["queries"], top_scores, top_indices):
+            results[query][view] = [(float(s), texts["documents"][i]) for s, i in zip(row_scores, row_indices)]
     if stream is not None:
         stream.write(f"Demo model: {model_dir} ({concat.get_embedding_dimension()} dims)\n")
         for query, views in results.items():

@@ -27,32 +27,40 @@ PROBES = [
     "",
 ]
 DEFAULT_TOLERANCE = 1e-5
+TASKS = ("query", "document")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
-def reference_embeddings(model_dir: Path, task: str) -> tuple[np.ndarray, list[tuple[str, slice]]]:
-    """The expected concatenation from each part loaded on its own, and each part's column range."""
+def reference_embeddings(model_dir: Path) -> tuple[dict[str, np.ndarray], list[tuple[str, slice]]]:
+    """The expected concatenation per task (query, document) from each part loaded on its own.
+
+    Returns:
+        ``{task: [probes, total_dim]}`` and each part's column range.
+    """
     from sentence_transformers import SentenceTransformer
 
     config = json.loads((model_dir / "concat_config.json").read_text())
     prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text()).get("prompts", {})
-    blocks, views, start = [], [], 0
+    blocks: dict[str, list[np.ndarray]] = {task: [] for task in TASKS}
+    views, start = [], 0
     for part in config["parts"]:
         model = SentenceTransformer(str(model_dir / part["subfolder"]), device="cpu")
         model.max_seq_length = part["max_seq_length"] or model.max_seq_length
-        prompt = part["prompts"].get(task, prompts.get(task, ""))
-        block = _unit(model.encode(PROBES, prompt=prompt, convert_to_numpy=True).astype(np.float64))
-        if part["truncate_dim"]:
-            block = _unit(block[:, : part["truncate_dim"]])
-        blocks.append(block * part["weight"])
-        views.append((part["name"], slice(start, start + block.shape[1])))
-        start += block.shape[1]
-    expected = np.concatenate(blocks, axis=1)
+        for task in TASKS:
+            prompt = part["prompts"].get(task, prompts.get(task, ""))
+            block = _unit(model.encode(PROBES, prompt=prompt, convert_to_numpy=True).astype(np.float64))
+            if part["truncate_dim"]:
+                block = _unit(block[:, : part["truncate_dim"]])
+            blocks[task].append(block * part["weight"])
+        width = blocks[TASKS[0]][-1].shape[1]
+        views.append((part["name"], slice(start, start + width)))
+        start += width
+    expected = {task: np.concatenate(task_blocks, axis=1) for task, task_blocks in blocks.items()}
     if config.get("normalize_output"):
-        expected = _unit(expected)
+        expected = {task: _unit(value) for task, value in expected.items()}
     return expected, views
 
 
@@ -75,9 +83,10 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
 
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     diffs: dict[str, float] = {}
-    for task in ("query", "document"):
+    references, views = reference_embeddings(model_dir)
+    for task in TASKS:
         ours = model.encode(PROBES, prompt_name=task, convert_to_numpy=True).astype(np.float64)
-        expected, views = reference_embeddings(model_dir, task)
+        expected = references[task]
         if ours.shape != expected.shape:
             raise ValueError(f"{model_dir}: model outputs {ours.shape}, parts give {expected.shape}")
         for name, cols in views + [("concat", slice(None))]:
