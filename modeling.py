@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "concat_config.json"
 POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
+QUANT_SCHEMES = ("int8", "int4")
 _CLASSIC_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",
     "mean": "pooling_mode_mean_tokens",
@@ -59,6 +60,10 @@ class PartSpec:
         source: Where the part was built from (a Hub id or a folder), for provenance.
         revision: Resolved commit of ``source`` on the Hub, for provenance.
         license: Licence of the source, for the model card.
+        quantization: Calibrated scalar-quantization ranges by scheme (``int8``, ``int4``), each
+            ``{"low": float, "high": float, "dims": int}``: the first ``dims`` dimensions of this
+            part (re-normalized) are stored, values clipped to ``[low, high]``. Written by
+            ``concat-embed calibrate``; not used by ``encode``.
     """
 
     name: str
@@ -72,6 +77,7 @@ class PartSpec:
     source: str | None = None
     revision: str | None = None
     license: str | None = None
+    quantization: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def output_dimension(self) -> int:
@@ -127,6 +133,17 @@ class PartSpec:
             _is_positive_int(self.truncate_dim) and self.truncate_dim <= self.dimension
         ):
             raise bad("truncate_dim", f"null or an integer in [1, {self.dimension}] (the part's dimension)")
+        for scheme, entry in self.quantization.items() if isinstance(self.quantization, dict) else [(None, None)]:
+            if scheme not in QUANT_SCHEMES:
+                raise bad("quantization", f"an object keyed by schemes {list(QUANT_SCHEMES)}")
+            if (
+                not isinstance(entry, dict)
+                or set(entry) != {"low", "high", "dims"}
+                or not all(isinstance(entry[k], (int, float)) for k in ("low", "high"))
+                or not entry["low"] < entry["high"]
+                or not (_is_positive_int(entry["dims"]) and entry["dims"] <= self.output_dimension)
+            ):
+                raise bad("quantization", f"{{scheme: {{low < high, dims in [1, {self.output_dimension}]}}}}")
 
 
 def _is_positive_int(value: Any) -> bool:

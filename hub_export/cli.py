@@ -125,6 +125,54 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Store per-part int8/int4 ranges from a calibration corpus in concat_config.json."""
+    from hub_export.calibrate import calibrate_folder
+
+    dims = dict(split_assignment(value, "--dims") for value in args.dims or [])
+    result = calibrate_folder(args.model_dir, args.corpus, args.limit, {k: positive_int(v) for k, v in dims.items()})
+    for name, schemes in result.items():
+        for scheme, entry in schemes.items():
+            sys.stdout.write(
+                f"{name:<16} {scheme}  [{entry['low']:+.4f}, {entry['high']:+.4f}]  dims {entry['dims']}\n"
+            )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from hub_export.evaluation import evaluate_model, format_table
+
+    model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
+    rows = evaluate_model(model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size)
+    sys.stdout.write(format_table(rows) + "\n")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(rows, handle, indent=2)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print pairwise similarity of models and write the heat map PNG."""
+    import json
+
+    from hub_export.compare import compare_models, format_comparison, write_heatmap
+
+    result = compare_models(
+        args.models, args.beir, args.max_queries, args.max_docs, args.k, trust_remote_code=args.trust_remote_code
+    )
+    sys.stdout.write(format_comparison(result) + "\n")
+    sys.stdout.write(f"heat map: {write_heatmap(result, args.png)}\n")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or reuse) the embedded demo model and run a small semantic search."""
     from hub_export.demo import run_demo
@@ -169,6 +217,34 @@ def make_parser() -> argparse.ArgumentParser:
     push.add_argument("--skip-verify", action="store_true", help="push without a passing verification")
     push.add_argument("--allow-pickle", action="store_true", help="also upload pickle weights")
     push.set_defaults(func=cmd_push)
+
+    calibrate = sub.add_parser("calibrate", help="store per-part int8/int4 quantization ranges")
+    calibrate.add_argument("model_dir")
+    calibrate.add_argument("--corpus", required=True, help=".jsonl[.gz] with text (and title), or a text file")
+    calibrate.add_argument("--limit", type=int, default=2000, help="calibration sample size")
+    calibrate.add_argument("--dims", action="append", metavar="NAME=K", help="store only the first K dims of a part")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    evaluate = sub.add_parser("eval", help="STS / retrieval table per part and for the concatenation")
+    evaluate.add_argument("model", help="combined model folder or Hub id")
+    evaluate.add_argument("--sts", help="STS-B style .tsv[.gz]")
+    evaluate.add_argument("--beir", help="BEIR folder")
+    evaluate.add_argument("--limit", type=int, default=None, help="subsample (STS pairs, BEIR queries)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--json", help="also write the rows to this JSON file")
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = sub.add_parser("compare", help="similarity of embedding models (CKA, Jaccard@k) and concat gains")
+    compare.add_argument("models", nargs="+", help="two or more sentence-transformers models")
+    compare.add_argument("--beir", required=True, help="BEIR folder with the corpus, queries and qrels")
+    compare.add_argument("--max-queries", type=int, default=100)
+    compare.add_argument("--max-docs", type=int, default=1000)
+    compare.add_argument("--k", type=int, default=10)
+    compare.add_argument("--png", default="compare.png", help="heat map output")
+    compare.add_argument("--json", help="also write the result to this JSON file")
+    compare.add_argument("--trust-remote-code", action="store_true")
+    compare.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="build the demo model from the PyPI-shipped MiniLM models and search")
     demo.add_argument("--cache-dir", default=None, help="where the built demo model is cached")

@@ -1,22 +1,90 @@
-"""Offline evaluation helpers: STS Spearman for each part and for the concatenation."""
+"""Offline evaluation: STS Spearman, nDCG@10 and Recall@100 for each part and the concatenation.
+
+``concat-embed eval`` prints one row per view (each part alone, the concatenation) and
+compression setting (float32, and int8 / int4 where ``concat-embed calibrate`` stored ranges).
+Retrieval metrics come from pytrec_eval; compressed retrieval scores float queries against
+dequantized documents.
+"""
 
 from __future__ import annotations
 
 import csv
 import gzip
+import json
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from hub_export.quantize import bytes_per_vector, dequantize, part_layouts, prepare_queries, quantize, unit_rows
+
+SETTINGS = (None, "int8", "int4")
+
+
+def _open_text(path: str | Path):
+    return (
+        gzip.open(path, "rt", encoding="utf-8", newline="")
+        if str(path).endswith(".gz")
+        else open(path, encoding="utf-8", newline="")
+    )
+
 
 def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
     """Read an STS-B style ``score<TAB>sentence1<TAB>sentence2`` file (gzip or plain)."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+    with _open_text(path) as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     rows = rows[:limit] if limit else rows
     return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array([float(r["score"]) for r in rows])
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All JSON objects of a ``.jsonl`` or ``.jsonl.gz`` file."""
+    with _open_text(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def document_text(doc: dict) -> str:
+    """``title text`` of a BEIR document, as mteb joins them."""
+    return f"{doc.get('title', '')} {doc['text']}".strip()
+
+
+def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Texts of a corpus file: JSON lines with ``text`` (and ``title``), or plain lines of text."""
+    if ".jsonl" in Path(path).name:
+        texts = [document_text(doc) for doc in read_jsonl(path)]
+    else:
+        with _open_text(path) as handle:
+            texts = [line.strip() for line in handle if line.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no texts found")
+    return texts[:limit] if limit else texts
+
+
+def load_beir(folder: str | Path, split: str = "test", max_queries: int | None = None, max_docs: int | None = None):
+    """Read a BEIR folder: ``(corpus {id: {"title", "text"}}, queries {id: text}, qrels {qid: {did: score}})``.
+
+    ``max_queries`` keeps the first queries of the split; ``max_docs`` keeps their relevant
+    documents plus the first other documents up to that many.
+    """
+    folder = Path(folder)
+    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
+        qrels: dict[str, dict[str, int]] = {}
+        for row in csv.DictReader(handle, delimiter="\t"):
+            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    if max_queries:
+        qrels = dict(list(qrels.items())[:max_queries])
+    queries = {q["_id"]: q["text"] for q in read_jsonl(next(folder.glob("queries.jsonl*"))) if q["_id"] in qrels}
+    docs = read_jsonl(next(folder.glob("corpus.jsonl*")))
+    if max_docs:
+        relevant = {d for rels in qrels.values() for d in rels}
+        keep = [d for d in docs if d["_id"] in relevant]
+        keep += [d for d in docs if d["_id"] not in relevant][: max(0, max_docs - len(keep))]
+        docs = keep
+    corpus = {d["_id"]: {"title": d.get("title", ""), "text": d["text"]} for d in docs}
+    return corpus, queries, qrels
 
 
 def part_views(model) -> dict[str, slice]:
@@ -31,9 +99,7 @@ def part_views(model) -> dict[str, slice]:
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity."""
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
-    return (a * b).sum(axis=1)
+    return (unit_rows(a) * unit_rows(b)).sum(axis=1)
 
 
 def sts_spearman(model, path: str | Path, limit: int | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -45,3 +111,132 @@ def sts_spearman(model, path: str | Path, limit: int | None = None, batch_size: 
         view: 100 * float(spearmanr(cosine_rows(left[:, cols], right[:, cols]), gold).statistic)
         for view, cols in part_views(model).items()
     }
+
+
+def retrieval_metrics(
+    scores: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: dict[str, dict[str, int]],
+    depth: int = 100,
+) -> dict[str, float]:
+    """Mean nDCG@10 and Recall@100 (pytrec_eval) of a ``[queries, docs]`` score matrix."""
+    import pytrec_eval
+
+    run = {}
+    for row, qid in enumerate(query_ids):
+        top = np.argsort(-scores[row])[:depth]
+        run[qid] = {doc_ids[j]: float(scores[row, j]) for j in top}
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    return {
+        "ndcg@10": float(np.mean([m["ndcg_cut_10"] for m in per_query.values()])),
+        "recall@100": float(np.mean([m["recall_100"] for m in per_query.values()])),
+    }
+
+
+class PartTimer:
+    """Accumulates each part pipeline's forward time through torch hooks (tokenization excluded)."""
+
+    def __init__(self, concat) -> None:
+        self.seconds = {spec.name: 0.0 for spec in concat.specs}
+        self._handles = []
+        for spec, pipeline in zip(concat.specs, concat.pipelines):
+            self._handles.append(pipeline.register_forward_pre_hook(self._start))
+            self._handles.append(pipeline.register_forward_hook(self._stop(spec.name)))
+
+    def _start(self, module, args) -> None:
+        module._timer_start = time.perf_counter()
+
+    def _stop(self, name: str):
+        def hook(module, args, output) -> None:
+            self.seconds[name] += time.perf_counter() - module._timer_start
+
+        return hook
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def _compress(embeddings: np.ndarray, layouts, scheme: str | None) -> np.ndarray:
+    """The vectors as stored and read back: float (shaped) or dequantized codes."""
+    if scheme is None:
+        return prepare_queries(embeddings, layouts)
+    return dequantize(quantize(embeddings, layouts, scheme), layouts, scheme)
+
+
+def evaluate_model(
+    model,
+    sts: str | Path | None = None,
+    beir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Rows ``{view, setting, sts, ndcg@10, recall@100, bytes, encode_s}`` (scores x 100).
+
+    Args:
+        model: A loaded combined model (``SentenceTransformer`` with a ``ConcatEmbedding``).
+        sts: STS-B style TSV (gzip or plain).
+        beir: BEIR folder (``corpus.jsonl*``, ``queries.jsonl*``, ``qrels/test.tsv``).
+        limit: Subsample: STS pairs, and BEIR queries (their relevant documents plus up to
+            ``10 * limit`` documents in all).
+        batch_size: Encoding batch size.
+    """
+    if sts is None and beir is None:
+        raise ValueError("nothing to evaluate: pass --sts FILE and/or --beir DIR")
+    concat = model[0]
+    timer = PartTimer(concat)
+    started = time.perf_counter()
+    encoded: dict[str, Any] = {}
+    if sts is not None:
+        first, second, gold = load_sts(sts, limit)
+        encoded["sts"] = (model.encode(first, batch_size=batch_size), model.encode(second, batch_size=batch_size), gold)
+    if beir is not None:
+        corpus, queries, qrels = load_beir(beir, max_queries=limit, max_docs=10 * limit if limit else None)
+        doc_ids, query_ids = list(corpus), list(queries)
+        docs = model.encode_document([document_text(corpus[d]) for d in doc_ids], batch_size=batch_size)
+        encoded["beir"] = (model.encode_query([queries[q] for q in query_ids], batch_size=batch_size), docs)
+    total_seconds = time.perf_counter() - started
+    timer.remove()
+
+    names = [spec.name for spec in concat.specs]
+    rows = []
+    for view in [*names, "concat"]:
+        view_names = names if view == "concat" else [view]
+        for scheme in SETTINGS:
+            try:
+                layouts = part_layouts(concat.specs, scheme, view_names)
+            except ValueError:
+                continue  # no calibration for this scheme
+            row: dict[str, Any] = {"view": view, "setting": scheme or "float32"}
+            if "sts" in encoded:
+                left, right, gold = encoded["sts"]
+                similarity = cosine_rows(_compress(left, layouts, scheme), _compress(right, layouts, scheme))
+                row["sts"] = 100 * float(spearmanr(similarity, gold).statistic)
+            if "beir" in encoded:
+                q, d = encoded["beir"]
+                scores = unit_rows(prepare_queries(q, layouts)) @ unit_rows(_compress(d, layouts, scheme)).T
+                row |= {k: 100 * v for k, v in retrieval_metrics(scores, query_ids, doc_ids, qrels).items()}
+            row["bytes"] = bytes_per_vector(layouts, scheme)
+            row["encode_s"] = total_seconds if view == "concat" else timer.seconds[view]
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width text table of :func:`evaluate_model` rows."""
+    columns = [c for c in ("view", "setting", "sts", "ndcg@10", "recall@100", "bytes", "encode_s") if c in rows[0]]
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.rjust(widths[c]) if c not in ("view", "setting") else c.ljust(widths[c]) for c in columns)]
+    for row in rows:
+        cells = [
+            _cell(row[c]).rjust(widths[c]) if c not in ("view", "setting") else _cell(row[c]).ljust(widths[c])
+            for c in columns
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -6,9 +6,6 @@ evaluation runs offline.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,7 @@ from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from hub_export.evaluation import load_sts
+from hub_export.evaluation import load_beir, load_sts
 
 _COMMON = {
     "reference": "https://github.com/embeddings-benchmark/mteb",
@@ -36,37 +33,6 @@ _COMMON = {
     "sample_creation": "found",
     "bibtex_citation": "",
 }
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def load_beir(folder: str | Path, split: str = "test", max_queries: int | None = None, max_docs: int | None = None):
-    """Read a BEIR folder: ``(corpus {id: {"title", "text"}}, queries {id: text}, qrels {qid: {did: score}})``.
-
-    ``max_queries`` keeps the first queries of the split; ``max_docs`` keeps their relevant
-    documents plus the first other documents up to that many.
-    """
-    folder = Path(folder)
-    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
-        qrels: dict[str, dict[str, int]] = {}
-        for row in csv.DictReader(handle, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    if max_queries:
-        qrels = dict(list(qrels.items())[:max_queries])
-    queries_file = next(folder.glob("queries.jsonl*"))
-    queries = {q["_id"]: q["text"] for q in _read_jsonl(queries_file) if q["_id"] in qrels}
-    docs = _read_jsonl(next(folder.glob("corpus.jsonl*")))
-    if max_docs:
-        relevant = {d for rels in qrels.values() for d in rels}
-        keep = [d for d in docs if d["_id"] in relevant]
-        keep += [d for d in docs if d["_id"] not in relevant][: max(0, max_docs - len(keep))]
-        docs = keep
-    corpus = {d["_id"]: {"title": d.get("title", ""), "text": d["text"]} for d in docs}
-    return corpus, queries, qrels
 
 
 def beir_retrieval_task(folder: str | Path, name: str = "LocalRetrieval", **limits: Any) -> AbsTaskRetrieval:

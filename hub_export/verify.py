@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hub_export.files import content_hash
+from hub_export.quantize import unit_rows
 
 PROBES = [
     "what is snowflake?",
@@ -28,10 +29,6 @@ PROBES = [
 ]
 DEFAULT_TOLERANCE = 1e-5
 TASKS = ("query", "document")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def reference_embeddings(model_dir: Path) -> tuple[dict[str, np.ndarray], list[tuple[str, slice]]]:
@@ -51,16 +48,16 @@ def reference_embeddings(model_dir: Path) -> tuple[dict[str, np.ndarray], list[t
         model.max_seq_length = part["max_seq_length"] or model.max_seq_length
         for task in TASKS:
             prompt = part["prompts"].get(task, prompts.get(task, ""))
-            block = _unit(model.encode(PROBES, prompt=prompt, convert_to_numpy=True).astype(np.float64))
+            block = unit_rows(model.encode(PROBES, prompt=prompt, convert_to_numpy=True).astype(np.float64))
             if part["truncate_dim"]:
-                block = _unit(block[:, : part["truncate_dim"]])
+                block = unit_rows(block[:, : part["truncate_dim"]])
             blocks[task].append(block * part["weight"])
         width = blocks[TASKS[0]][-1].shape[1]
         views.append((part["name"], slice(start, start + width)))
         start += width
     expected = {task: np.concatenate(task_blocks, axis=1) for task, task_blocks in blocks.items()}
     if config.get("normalize_output"):
-        expected = {task: _unit(value) for task, value in expected.items()}
+        expected = {task: unit_rows(value) for task, value in expected.items()}
     return expected, views
 
 

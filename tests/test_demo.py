@@ -58,3 +58,21 @@ def test_stsb_spearman_matches_published_numbers(demo_model) -> None:
     assert scores["minilm_l6"] == pytest.approx(82.03, abs=0.05)
     assert scores["minilm_l3"] == pytest.approx(82.41, abs=0.05)
     assert scores["concat"] == pytest.approx(83.71, abs=0.05)
+
+
+def test_eval_on_a_subsample_with_calibrated_compression(demo_dir, demo_model, tmp_path) -> None:
+    from hub_export.evaluation import evaluate_model, read_corpus_texts
+    from hub_export.quantize import calibrate
+
+    sample = demo_model.encode_document(read_corpus_texts(DATA / "scifact" / "corpus.jsonl.gz", limit=200))
+    for spec, (name, ranges) in zip(demo_model[0].specs, calibrate(sample, demo_model[0].specs).items()):
+        assert spec.name == name
+        spec.quantization = ranges
+    rows = evaluate_model(demo_model, sts=DATA / "stsb" / "test.tsv.gz", beir=DATA / "scifact", limit=40)
+    by_key = {(r["view"], r["setting"]): r for r in rows}
+    assert len(rows) == 9
+    assert by_key[("concat", "int8")]["bytes"] == 768 and by_key[("concat", "int4")]["bytes"] == 384
+    for view in ("minilm_l6", "minilm_l3", "concat"):
+        assert by_key[(view, "float32")]["sts"] > 70 and by_key[(view, "float32")]["ndcg@10"] > 50
+        assert abs(by_key[(view, "int8")]["sts"] - by_key[(view, "float32")]["sts"]) < 1.0
+        assert abs(by_key[(view, "int8")]["ndcg@10"] - by_key[(view, "float32")]["ndcg@10"]) < 3.0

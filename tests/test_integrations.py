@@ -8,11 +8,10 @@ from pathlib import Path
 import mteb
 import numpy as np
 import pytest
-import pytrec_eval
 from scipy.stats import spearmanr
 
-from hub_export.evaluation import cosine_rows, load_sts
-from hub_export.mteb_tasks import beir_retrieval_task, load_beir, sts_task
+from hub_export.evaluation import cosine_rows, document_text, load_beir, load_sts, retrieval_metrics, unit_rows
+from hub_export.mteb_tasks import beir_retrieval_task, sts_task
 from tests.conftest import QUERY_PROMPT
 
 DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -48,16 +47,10 @@ def test_mteb_retrieval_equals_direct_computation(loaded_model) -> None:
 
     corpus, queries, qrels = load_beir(DATA / "scifact", **limits)
     doc_ids, query_ids = list(corpus), list(queries)
-    docs = loaded_model.encode_document([f"{corpus[d]['title']} {corpus[d]['text']}".strip() for d in doc_ids])
+    docs = loaded_model.encode_document([document_text(corpus[d]) for d in doc_ids])
     q = loaded_model.encode_query([queries[i] for i in query_ids])
-    sims = cosine_matrix(q, docs)
-    run = {}
-    for row, qid in enumerate(query_ids):
-        top = np.argsort(-sims[row])[:100]
-        run[qid] = {doc_ids[j]: float(sims[row, j]) for j in top}
-    metrics = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
-    ndcg = np.mean([m["ndcg_cut_10"] for m in metrics.values()])
-    recall = np.mean([m["recall_100"] for m in metrics.values()])
+    direct = retrieval_metrics(unit_rows(q) @ unit_rows(docs).T, query_ids, doc_ids, qrels)
+    ndcg, recall = direct["ndcg@10"], direct["recall@100"]
     assert scores["ndcg_at_10"] == pytest.approx(ndcg, abs=1e-5)
     assert scores["recall_at_100"] == pytest.approx(recall, abs=1e-5)
 
@@ -68,9 +61,3 @@ def test_mteb_sts_equals_direct_computation(loaded_model) -> None:
     first, second, gold = load_sts(path, limit=300)
     direct = spearmanr(cosine_rows(loaded_model.encode(first), loaded_model.encode(second)), gold).statistic
     assert result.task_results[0].scores["test"][0]["cosine_spearman"] == pytest.approx(direct, abs=1e-6)
-
-
-def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return a @ b.T

@@ -1,0 +1,36 @@
+"""``concat-embed calibrate``: per-part quantization ranges from a calibration corpus."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hub_export.evaluation import read_corpus_texts
+from hub_export.modeling import CONFIG_FILE
+from hub_export.quantize import calibrate
+
+logger = logging.getLogger(__name__)
+
+
+def calibrate_folder(
+    model_dir: str | Path, corpus: str | Path, limit: int | None = 2000, dims: dict[str, int] | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Encode a corpus sample as documents, compute per-part ranges and store them in ``concat_config.json``.
+
+    Returns:
+        ``{part name: {scheme: {"low", "high", "dims"}}}`` as stored.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = Path(model_dir)
+    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
+    embeddings = model.encode_document(read_corpus_texts(corpus, limit))
+    result = calibrate(embeddings, model[0].specs, dims)
+    config_path = model_dir / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    for part in config["parts"]:
+        part["quantization"] = result[part["name"]]
+    config_path.write_text(json.dumps(config, indent=4) + "\n")
+    logger.info("Calibrated %s on %d texts; run `concat-embed verify` again before pushing", model_dir, len(embeddings))
+    return result

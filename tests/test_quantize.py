@@ -1,0 +1,196 @@
+"""Per-part truncation + scalar quantization, calibration round trips, hand-checked metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from hub_export.calibrate import calibrate_folder
+from hub_export.compare import jaccard_at_k, linear_cka, rank_correlation
+from hub_export.evaluation import retrieval_metrics
+from hub_export.modeling import PartSpec
+from hub_export.quantize import (
+    PartLayout,
+    bytes_per_vector,
+    calibrate,
+    dequantize,
+    part_layouts,
+    prepare_queries,
+    quantize,
+    score,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def two_part_embeddings(n: int = 64) -> tuple[np.ndarray, list[PartSpec]]:
+    specs = [PartSpec("a", "a", 8, "cls"), PartSpec("b", "b", 7, "mean", weight=0.5)]
+    return np.concatenate([unit(RNG.normal(size=(n, 8))), 0.5 * unit(RNG.normal(size=(n, 7)))], axis=1), specs
+
+
+@pytest.mark.parametrize(("scheme", "levels"), [("int8", 256), ("int4", 16)])
+def test_round_trip_error_is_within_half_a_step(scheme, levels) -> None:
+    embeddings, specs = two_part_embeddings()
+    layouts = [
+        PartLayout(s.name, start, s.dimension, s.weight, s.dimension, -0.5, 0.6) for s, start in zip(specs, (0, 8))
+    ]
+    codes = quantize(embeddings, layouts, scheme)
+    assert codes.dtype == (np.int8 if scheme == "int8" else np.uint8)
+    assert codes.shape == (64, bytes_per_vector(layouts, scheme))
+    restored = dequantize(codes, layouts, scheme)
+    expected = prepare_queries(embeddings, layouts)
+    clipped = np.concatenate(
+        [np.clip(expected[:, :8], -0.5, 0.6), 0.5 * np.clip(expected[:, 8:] / 0.5, -0.5, 0.6)], axis=1
+    )
+    step = 1.1 / (levels - 1)
+    assert np.abs(restored - clipped).max() <= step / 2 + 1e-6
+
+
+def test_int4_packs_two_codes_per_byte_and_pads_odd_parts() -> None:
+    # quantize re-normalizes each part: choose the range so that this unit vector maps to codes 1, 2, 3
+    unit_values = unit(np.array([[1.0, 2.0, 3.0]]))
+    layout = [PartLayout("x", 0, 3, 1.0, 3, 0.0, float(unit_values.max()) * 15 / 3)]
+    codes = quantize(unit_values, layout, "int4")
+    assert codes.tolist() == [[0x12, 0x30]]
+    assert bytes_per_vector(layout, "int4") == 2 and bytes_per_vector(layout, "int8") == 3
+    assert bytes_per_vector(layout, None) == 12
+
+
+def test_truncation_keeps_first_dims_and_renormalizes() -> None:
+    embeddings, specs = two_part_embeddings(4)
+    calibration = calibrate(embeddings, specs, dims={"a": 4})
+    assert calibration["a"]["int8"]["dims"] == 4 and calibration["b"]["int4"]["dims"] == 7
+    specs[0].quantization, specs[1].quantization = calibration["a"], calibration["b"]
+    layouts = part_layouts(specs, "int8")
+    queries = prepare_queries(embeddings, layouts)
+    assert queries.shape == (4, 11)
+    np.testing.assert_allclose(queries[:, :4], unit(embeddings[:, :4]), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(queries[:, 4:], axis=1), 0.5, atol=1e-6)
+    assert bytes_per_vector(layouts, "int8") == 11 and bytes_per_vector(layouts, "int4") == 2 + 4
+
+
+def test_quantized_scores_track_float_cosines() -> None:
+    embeddings, specs = two_part_embeddings(200)
+    calibration = calibrate(embeddings, specs)
+    for spec in specs:
+        spec.quantization = calibration[spec.name]
+    float_scores = unit(embeddings) @ unit(embeddings).T
+    for scheme, tolerance in (("int8", 0.02), ("int4", 0.15)):
+        layouts = part_layouts(specs, scheme)
+        approx = score(embeddings, quantize(embeddings, layouts, scheme), layouts, scheme)
+        assert np.abs(approx - float_scores).max() <= tolerance
+
+
+def test_layout_errors_name_valid_choices() -> None:
+    _, specs = two_part_embeddings(2)
+    with pytest.raises(ValueError, match=r"valid schemes: \['int8', 'int4'\]"):
+        part_layouts(specs, "int2")
+    with pytest.raises(ValueError, match="has no int8 calibration: run `concat-embed calibrate`"):
+        part_layouts(specs, "int8")
+    with pytest.raises(ValueError, match=r"valid parts: \['a', 'b'\]"):
+        part_layouts(specs, None, ["c"])
+    with pytest.raises(ValueError, match=r"dims for part 'a' must be in \[1, 8\]"):
+        calibrate(np.ones((2, 15)), specs, dims={"a": 9})
+
+
+def test_hand_checked_metrics() -> None:
+    scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.7]])
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
+    metrics = retrieval_metrics(scores, ["q1", "q2"], ["d1", "d2", "d3"], qrels)
+    assert metrics["ndcg@10"] == pytest.approx((1 / np.log2(3) + 1) / 2)
+    assert metrics["recall@100"] == pytest.approx(1.0)
+    x = RNG.normal(size=(50, 6))
+    rotation, _ = np.linalg.qr(RNG.normal(size=(6, 6)))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3 * x @ rotation) == pytest.approx(1.0)
+    assert linear_cka(x, RNG.normal(size=(50, 6))) < 0.5
+    a = np.array([[5.0, 4, 3, 2, 1]])
+    b = np.array([[5.0, 1, 4, 3, 2]])
+    assert jaccard_at_k(a, b, 2) == pytest.approx(1 / 3)  # {0,1} vs {0,2}
+    assert rank_correlation(a, a) == pytest.approx(1.0)
+
+
+def test_calibration_round_trips_through_save_and_load(built_model, tmp_path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(built_model, folder)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(40)))
+    stored = calibrate_folder(folder, corpus, limit=30, dims={"alpha": 16})
+    model = SentenceTransformer(str(folder), trust_remote_code=True)
+    assert {s.name: s.quantization for s in model[0].specs} == stored
+    assert stored["alpha"]["int8"]["dims"] == 16 and stored["alpha"]["int8"]["low"] < stored["alpha"]["int8"]["high"]
+    model.save(str(tmp_path / "saved"))
+    again = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True)
+    assert {s.name: s.quantization for s in again[0].specs} == stored
+    layouts = part_layouts(again[0].specs, "int4")
+    assert bytes_per_vector(layouts, "int4") == 8 + 8 + 24
+    config = json.loads((folder / "concat_config.json").read_text())
+    config["parts"][0]["quantization"]["int8"]["dims"] = 999
+    (folder / "concat_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"parts\[0\].quantization"):
+        SentenceTransformer(str(folder), trust_remote_code=True)
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype", "width"),
+    [("int8", np.int8, 96), ("uint8", np.uint8, 96), ("binary", np.int8, 12), ("ubinary", np.uint8, 12)],
+)
+def test_sentence_transformers_precision_keeps_working(loaded_model, precision, dtype, width) -> None:
+    codes = loaded_model.encode(["a cat", "a dog", "snow", "hello world"], precision=precision)
+    assert codes.dtype == dtype and codes.shape == (4, width)
+
+
+def test_eval_and_compare_commands(built_model, tmp_path) -> None:
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    folder = tmp_path / "model"
+    shutil.copytree(built_model, folder)
+    env_run = {"capture_output": True, "text": True, "cwd": tmp_path}
+    calibrated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub_export",
+            "calibrate",
+            str(folder),
+            "--corpus",
+            str(data / "scifact" / "corpus.jsonl.gz"),
+            "--limit",
+            "50",
+        ],
+        **env_run,
+    )
+    assert calibrated.returncode == 0, calibrated.stderr[-2000:]
+    assert "alpha" in calibrated.stdout and "int4" in calibrated.stdout
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "hub_export", "eval", str(folder), "--sts", str(data / "stsb" / "test.tsv.gz"),
+         "--beir", str(data / "scifact"), "--limit", "10", "--json", str(tmp_path / "eval.json")],
+        **env_run,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert [(r["view"], r["setting"]) for r in rows[:3]] == [("alpha", "float32"), ("alpha", "int8"), ("alpha", "int4")]
+    assert {r["view"] for r in rows} == {"alpha", "beta", "gamma", "concat"} and len(rows) == 12
+    concat_bytes = {r["setting"]: r["bytes"] for r in rows if r["view"] == "concat"}
+    assert concat_bytes == {"float32": 4 * 96, "int8": 96, "int4": 16 + 8 + 24}
+    assert all(0 <= r[m] <= 100 for r in rows for m in ("ndcg@10", "recall@100")) and "ndcg@10" in evaluated.stdout
+    compared = subprocess.run(
+        [sys.executable, "-m", "hub_export", "compare", *(str(folder / p) for p in ("alpha", "beta", "gamma")),
+         "--beir", str(data / "scifact"), "--max-queries", "10", "--max-docs", "60",
+         "--png", str(tmp_path / "h.png"), "--json", str(tmp_path / "c.json")],
+        **env_run,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert len(result["pairs"]) == 3 and np.allclose(np.diag(result["cka"]), 1.0)
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
