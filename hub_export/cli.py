@@ -173,6 +173,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed a corpus into sharded, resumable Parquet files."""
+    import json
+
+    from hub_export.embed import EmbedJob, run_embed
+
+    job = EmbedJob(
+        model=args.model,
+        input=args.input,
+        output=args.output,
+        id_field=args.id_field,
+        text_fields=[name.strip() for name in args.text_fields.split(",") if name.strip()],
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        prompt_name=args.prompt_name,
+        batch_size=args.batch_size,
+        revision=args.revision,
+        engine=args.engine,
+        devices=[d.strip() for d in args.devices.split(",")] if args.devices else [],
+        ray_address=args.ray_address,
+        ray_workers=args.ray_workers,
+    )
+    sys.stdout.write(json.dumps(run_embed(job, progress=not args.no_progress)) + "\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or reuse) the embedded demo model and run a small semantic search."""
     from hub_export.demo import run_demo
@@ -245,6 +271,24 @@ def make_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", help="also write the result to this JSON file")
     compare.add_argument("--trust-remote-code", action="store_true")
     compare.set_defaults(func=cmd_compare)
+
+    embed = sub.add_parser("embed", help="embed a corpus into sharded, resumable Parquet files")
+    embed.add_argument("model", help="combined model folder or Hub id")
+    embed.add_argument("--input", required=True, help=".jsonl, .jsonl.gz or .parquet")
+    embed.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
+    embed.add_argument("--id-field", default="_id")
+    embed.add_argument("--text-fields", default="title,text", help="comma-separated, joined with a space")
+    embed.add_argument("--shard-size", type=int, default=10_000)
+    embed.add_argument("--dtype", default="float32", help="float32, float16 or int8 (needs `calibrate`)")
+    embed.add_argument("--prompt-name", default="document")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--revision", default=None, help="model revision (Hub ids)")
+    embed.add_argument("--engine", default="local", help="local or ray")
+    embed.add_argument("--devices", default=None, help="local multi-process pool, e.g. cpu,cpu or cuda:0,cuda:1")
+    embed.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    embed.add_argument("--ray-workers", type=int, default=1, help="Ray actors embedding in parallel")
+    embed.add_argument("--no-progress", action="store_true")
+    embed.set_defaults(func=cmd_embed)
 
     demo = sub.add_parser("demo", help="build the demo model from the PyPI-shipped MiniLM models and search")
     demo.add_argument("--cache-dir", default=None, help="where the built demo model is cached")
