@@ -32,6 +32,7 @@ CONFIG_FILE = "concat_config.json"
 POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
 QUANT_SCHEMES = ("int8", "int4")
+RUNTIME_QUANTIZATION = (None, "int8-dynamic")
 _CLASSIC_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",
     "mean": "pooling_mode_mean_tokens",
@@ -381,6 +382,7 @@ class ConcatEmbedding(InputModule):
         self.specs = specs
         self.normalize_output = normalize_output
         self.model_prompts: dict[str, str] = {}
+        self.quantization: str | None = None
         self._refresh_fingerprints()
 
     def _refresh_fingerprints(self) -> None:
@@ -484,24 +486,60 @@ class ConcatEmbedding(InputModule):
         """Alias of :meth:`preprocess` for sentence-transformers 5.x."""
         return self.preprocess(texts, **kwargs)
 
+    def _embed_part(self, index: int, features: dict[str, Tensor]) -> Tensor:
+        """Part ``index``'s shaped vector: its unit embedding, truncated and re-normalized, times its weight."""
+        spec, prefix = self.specs[index], f"part{index}."
+        part_features = {key[len(prefix) :]: value for key, value in features.items() if key.startswith(prefix)}
+        embedding = self.pipelines[index](part_features)["sentence_embedding"]
+        if spec.truncate_dim is not None:
+            embedding = F.normalize(embedding[..., : spec.truncate_dim], p=2, dim=-1)
+        if spec.weight != 1.0:
+            embedding = embedding * spec.weight
+        return embedding
+
+    def _embed_parts_on_streams(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """On CUDA, run each part on its own stream so that small parts overlap with large ones."""
+        current = torch.cuda.current_stream()
+        streams = [torch.cuda.Stream() for _ in self.pipelines]
+        outputs = []
+        for index, stream in enumerate(streams):
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                outputs.append(self._embed_part(index, features))
+        for stream, output in zip(streams, outputs):
+            current.wait_stream(stream)
+            output.record_stream(current)
+        return outputs
+
     def forward(self, features: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:
         """Run every part, shape its unit vector and write the concatenation to ``sentence_embedding``."""
-        outputs = []
-        for index, (spec, pipeline) in enumerate(zip(self.specs, self.pipelines)):
-            prefix = f"part{index}."
-            part_features = {key[len(prefix) :]: value for key, value in features.items() if key.startswith(prefix)}
-            embedding = pipeline(part_features)["sentence_embedding"]
-            if spec.truncate_dim is not None:
-                embedding = F.normalize(embedding[..., : spec.truncate_dim], p=2, dim=-1)
-            if spec.weight != 1.0:
-                embedding = embedding * spec.weight
-            features[f"{prefix}sentence_embedding"] = embedding
-            outputs.append(embedding)
+        on_cuda = features["part0.input_ids"].is_cuda and len(self.pipelines) > 1
+        if on_cuda:
+            outputs = self._embed_parts_on_streams(features)
+        else:
+            outputs = [self._embed_part(index, features) for index in range(len(self.pipelines))]
+        for index, output in enumerate(outputs):
+            features[f"part{index}.sentence_embedding"] = output
         embedding = torch.cat(outputs, dim=-1)
         if self.normalize_output:
             embedding = F.normalize(embedding, p=2, dim=-1)
         features["sentence_embedding"] = embedding
         return features
+
+    def quantize_int8(self) -> None:
+        """CPU fast path: dynamic int8 quantization (per-channel weights) of every part's Linear layers, in place.
+
+        Chosen at load time with ``model_kwargs={"quantization": "int8-dynamic"}``. Outputs move
+        slightly (measured STS-B change in the README); a quantized model cannot be saved.
+        """
+        for pipeline in self.pipelines:
+            torch.ao.quantization.quantize_dynamic(
+                pipeline[0].auto_model,
+                {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                dtype=torch.qint8,
+                inplace=True,
+            )
+        self.quantization = "int8-dynamic"
 
     def part_prompts(self, index: int) -> dict[str, str]:
         """Effective prompts of part ``index``: the model-wide prompts with its overrides applied."""
@@ -509,6 +547,8 @@ class ConcatEmbedding(InputModule):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         """Save every part into its subfolder and the part specs into ``concat_config.json``."""
+        if self.quantization is not None:
+            raise ValueError(f"cannot save a model loaded with quantization={self.quantization!r}; load it without")
         for index, (spec, pipeline) in enumerate(zip(self.specs, self.pipelines)):
             save_part(pipeline, os.path.join(output_path, spec.subfolder), self.part_prompts(index))
         self.save_config(output_path)
@@ -545,6 +585,13 @@ class ConcatEmbedding(InputModule):
             model_name_or_path, "config_sentence_transformers.json", subfolder=subfolder, **hub_kwargs
         )
         module_kwargs = {key: value for key, value in kwargs.items() if key != "init_defaults"}
+        model_kwargs = dict(module_kwargs.get("model_kwargs") or {})
+        quantization = model_kwargs.pop("quantization", None)
+        if quantization not in RUNTIME_QUANTIZATION:
+            valid = list(RUNTIME_QUANTIZATION)
+            raise ValueError(f"model_kwargs quantization = {quantization!r}: expected one of {valid}")
+        if "model_kwargs" in module_kwargs:
+            module_kwargs["model_kwargs"] = model_kwargs
         pipelines = [
             load_part(
                 model_name_or_path,
@@ -557,6 +604,8 @@ class ConcatEmbedding(InputModule):
             for index, spec in enumerate(specs)
         ]
         module = cls(pipelines, specs, normalize_output=normalize_output)
+        if quantization == "int8-dynamic":
+            module.quantize_int8()
         if st_config_path is not None:  # until on_model_ready (sentence-transformers >= 6) hands over the live ones
             with open(st_config_path, encoding="utf-8") as handle:
                 module.model_prompts = dict(json.load(handle).get("prompts") or {})

@@ -1,0 +1,217 @@
+"""Encode throughput of the demo model against what users run today (a script, not a test).
+
+Configurations, each measured in its own fresh process (load time and peak memory included):
+  a  two separate SentenceTransformer models + numpy concat (what users do today)
+  b  the published card's AutoModel-style loop: batch 32, fp32 weights + autocast
+  c  our default (exact)
+  d* fast paths: bf16 weights, int8 dynamic quantization, token-budget batching
+Text sets: SciFact passages (title + abstract), STS-B sentences, SciFact claims as queries with the
+query prompt. Prints texts/s, the ratio to (a) measured in the same run, STS-B Spearman of (c)
+and (d*), peak RSS and load time; on CUDA also the FLOP ceiling (2 x params x tokens).
+
+    python benchmarks/encode_bench.py --quick            # < 3 min on 2 CPU cores
+    python benchmarks/encode_bench.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+CONFIGS = {
+    "a": "2 x SentenceTransformer + concat",
+    "b": "card AutoModel loop (bs32, autocast)",
+    "c": "ours, default",
+    "d-bf16": "ours, bf16 weights",
+    "d-int8": "ours, int8 dynamic (CPU)",
+    "d-int8-budget": "ours, int8 + token budget",
+    "d-bf16-budget": "ours, bf16 + token budget",
+    "d-fp16": "ours, fp16 weights (CUDA)",
+}
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def text_sets(quick: bool) -> dict[str, list[str]]:
+    from hub_export.evaluation import document_text, load_sts, read_jsonl
+
+    n_passages, n_short = (64, 256) if quick else (512, 2048)
+    corpus = read_jsonl(DATA / "scifact" / "corpus.jsonl.gz")[:n_passages]
+    queries = read_jsonl(DATA / "scifact" / "queries.jsonl.gz")[:n_short]
+    sentences, _, _ = load_sts(DATA / "stsb" / "test.tsv.gz", n_short)
+    return {
+        "passages": [document_text(d) for d in corpus],
+        "sentences": sentences,
+        "queries": [q["text"] for q in queries],
+    }
+
+
+def build_encoder(config: str, device: str):
+    """Return ``encode(texts, is_query) -> np.ndarray`` for a configuration, and the model for STS."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from hub_export import demo
+    from hub_export.fast import encode_with_token_budget
+
+    model_dir = demo.demo_model_dir()
+    part_dirs = [model_dir / "minilm_l6", model_dir / "minilm_l3"]
+    if config == "a":
+        models = [SentenceTransformer(str(p), device=device) for p in part_dirs]
+
+        def encode(texts, is_query):
+            name = "query" if is_query else "document"
+            return np.concatenate([m.encode(texts, prompt_name=name, batch_size=32) for m in models], axis=1)
+
+        return encode, params_of(models)
+    if config == "b":
+        from transformers import AutoModel, AutoTokenizer
+
+        parts = []
+        for path, max_length in zip(part_dirs, (256, 128)):
+            model = AutoModel.from_pretrained(str(path)).to(device).eval()
+            parts.append((AutoTokenizer.from_pretrained(str(path)), model, max_length))
+        autocast_dtype = torch.float16 if device.startswith("cuda") else torch.bfloat16
+
+        @torch.no_grad()
+        def encode(texts, is_query):
+            out = []
+            for start in range(0, len(texts), 32):
+                batch, blocks = texts[start : start + 32], []
+                for tokenizer, model, max_length in parts:
+                    tokens = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                    tokens = tokens.to(device)
+                    with torch.autocast(device.split(":")[0], dtype=autocast_dtype):
+                        hidden = model(**tokens).last_hidden_state
+                    mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1)
+                    blocks.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+                out.append(torch.cat(blocks, dim=-1).cpu().numpy())
+            return np.concatenate(out)
+
+        return encode, sum(p.numel() for _, m, _ in parts for p in m.parameters())
+    model_kwargs = {}
+    if "bf16" in config:
+        model_kwargs["torch_dtype"] = torch.bfloat16
+    if "fp16" in config:
+        model_kwargs["torch_dtype"] = torch.float16
+    if "int8" in config:
+        model_kwargs["quantization"] = "int8-dynamic"
+    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device=device, model_kwargs=model_kwargs)
+
+    def encode(texts, is_query):
+        name = "query" if is_query else "document"
+        if config.endswith("budget"):
+            return encode_with_token_budget(model, texts, max_tokens=2048, prompt_name=name).astype(np.float32)
+        return model.encode(texts, prompt_name=name, batch_size=32, convert_to_numpy=True).astype(np.float32)
+
+    return encode, params_of([model])
+
+
+def params_of(models) -> int:
+    return sum(p.numel() for m in models for p in m.parameters())
+
+
+def count_tokens(texts: list[str], max_lengths=(256, 128)) -> int:
+    from transformers import AutoTokenizer
+
+    from hub_export import demo
+
+    tokenizer = AutoTokenizer.from_pretrained(str(demo.l6_folder()))
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    return sum(min(n, limit) for n in lengths for limit in max_lengths) // len(max_lengths)
+
+
+def worker(config: str, device: str, quick: bool) -> dict:
+    """Measure one configuration in this process."""
+    import torch
+
+    from hub_export.evaluation import cosine_rows, load_sts
+
+    sets = text_sets(quick)
+    started = time.perf_counter()
+    encode, n_params = build_encoder(config, device)
+    load_s = time.perf_counter() - started
+    encode(sets["sentences"][:8], False)  # warm-up
+    rates = {}
+    for name, texts in sets.items():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        encode(texts, name == "queries")
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        rates[name] = len(texts) / (time.perf_counter() - start)
+    result = {"config": config, "load_s": load_s, "rates": rates, "params": n_params}
+    first, second, gold = load_sts(DATA / "stsb" / "test.tsv.gz", 300 if quick else None)
+    from scipy.stats import spearmanr
+
+    result["sts"] = 100 * float(spearmanr(cosine_rows(encode(first, False), encode(second, False)), gold).statistic)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["gpu"] = torch.cuda.get_device_name()
+        result["tokens"] = {name: count_tokens(texts) for name, texts in sets.items()}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small text sets (< 3 min on 2 CPU cores)")
+    parser.add_argument("--configs", default=None, help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--json", help="write all results here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        sys.stdout.write(json.dumps(worker(args.worker, args.device, args.quick)) + "\n")
+        return
+    on_cuda = args.device.startswith("cuda")
+    default = [c for c in CONFIGS if (c != "d-fp16" or on_cuda) and (not c.startswith("d-int8") or not on_cuda)]
+    configs = args.configs.split(",") if args.configs else default
+    results = []
+    for config in configs:
+        command = [sys.executable, __file__, "--worker", config, "--device", args.device]
+        run = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"{config} failed:\n{run.stderr[-3000:]}")
+        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    base = next((r for r in results if r["config"] == "a"), results[0])
+    sets = list(base["rates"])
+    header = (
+        f"{'config':<38}"
+        + "".join(f"{s + ' /s':>14}{'x(a)':>6}" for s in sets)
+        + f"{'STS-B':>7}{'RSS MB':>8}{'load s':>7}"
+    )
+    lines = [f"device {args.device}, {'quick' if args.quick else 'full'} sets", header]
+    for r in results:
+        cells = "".join(f"{r['rates'][s]:14.1f}{r['rates'][s] / base['rates'][s]:6.2f}" for s in sets)
+        label = f"{r['config']} {CONFIGS[r['config']]}"
+        lines.append(f"{label:<38}{cells}{r['sts']:7.2f}{r['peak_rss_mb']:8.0f}{r['load_s']:7.1f}")
+    if on_cuda:
+        gpu = results[0].get("gpu", "")
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
+        for r in results:
+            achieved = {
+                s: 2 * r["params"] * r["tokens"][s] / len(text_sets(args.quick)[s]) * r["rates"][s] for s in sets
+            }
+            note = ", ".join(
+                f"{s} {v / 1e12:.1f} TFLOP/s" + (f" ({v / peak:.1%} of {gpu})" if peak else "")
+                for s, v in achieved.items()
+            )
+            lines.append(f"  {r['config']}: {note}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
