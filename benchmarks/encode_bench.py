@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
 def text_sets(quick: bool) -> dict[str, list[str]]:
+    """Passages, sentences and queries from the shared data."""
     from hub_export.evaluation import document_text, load_sts, read_jsonl
 
     n_passages, n_short = (64, 256) if quick else (512, 2048)
@@ -54,7 +56,7 @@ def text_sets(quick: bool) -> dict[str, list[str]]:
     }
 
 
-def build_encoder(config: str, device: str):
+def build_encoder(config: str, device: str) -> tuple[Callable[[list[str], bool], np.ndarray], int]:
     """Return ``encode(texts, is_query) -> np.ndarray`` for a configuration, and the model for STS."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -116,11 +118,13 @@ def build_encoder(config: str, device: str):
     return encode, params_of([model])
 
 
-def params_of(models) -> int:
+def params_of(models: list) -> int:
+    """Parameter count of the models."""
     return sum(p.numel() for m in models for p in m.parameters())
 
 
-def count_tokens(texts: list[str], max_lengths=(256, 128)) -> int:
+def count_tokens(texts: list[str], max_lengths: tuple[int, ...] = (256, 128)) -> int:
+    """Tokens processed per part on average (each part truncates at its own limit)."""
     from transformers import AutoTokenizer
 
     from hub_export import demo
@@ -164,6 +168,7 @@ def worker(config: str, device: str, quick: bool) -> dict:
 
 
 def main() -> None:
+    """Run every configuration in its own process and print the comparison table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small text sets (< 3 min on 2 CPU cores)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -139,10 +140,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_json_output(path: str | None, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path`` (the ``--json`` option) when it is given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
-    import json
-
     from sentence_transformers import SentenceTransformer
 
     from hub_export.evaluation import evaluate_model, format_table
@@ -150,16 +156,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
     rows = evaluate_model(model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size)
     sys.stdout.write(format_table(rows) + "\n")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(rows, handle, indent=2)
+    write_json_output(args.json, rows)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print pairwise similarity of models and write the heat map PNG."""
-    import json
-
     from hub_export.compare import compare_models, format_comparison, write_heatmap
 
     result = compare_models(
@@ -167,16 +169,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_comparison(result) + "\n")
     sys.stdout.write(f"heat map: {write_heatmap(result, args.png)}\n")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    write_json_output(args.json, result)
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed a corpus into sharded, resumable Parquet files."""
-    import json
-
     from hub_export.embed import EmbedJob, run_embed
 
     job = EmbedJob(

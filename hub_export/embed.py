@@ -10,7 +10,6 @@ multi-process pool over ``devices``) and ``ray`` (Ray Data ``map_batches`` with 
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hub_export.evaluation import open_text
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,7 @@ def iter_records(path: str | Path) -> Iterator[Any]:
         for batch in pq.ParquetFile(path).iter_batches():
             yield from batch.to_pylist()
         return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         for line_number, line in enumerate(handle, 1):
             if line.strip():
                 try:
@@ -93,8 +93,7 @@ def count_records(path: str | Path) -> int:
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         return sum(1 for line in handle if line.strip())
 
 

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -24,7 +24,8 @@ from hub_export.quantize import bytes_per_vector, dequantize, part_layouts, prep
 SETTINGS = (None, "int8", "int4")
 
 
-def _open_text(path: str | Path):
+def open_text(path: str | Path) -> TextIO:
+    """Open a UTF-8 text file for reading, gunzipping ``.gz`` files."""
     return (
         gzip.open(path, "rt", encoding="utf-8", newline="")
         if str(path).endswith(".gz")
@@ -34,7 +35,7 @@ def _open_text(path: str | Path):
 
 def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
     """Read an STS-B style ``score<TAB>sentence1<TAB>sentence2`` file (gzip or plain)."""
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     rows = rows[:limit] if limit else rows
     return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array([float(r["score"]) for r in rows])
@@ -42,7 +43,7 @@ def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], lis
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """All JSON objects of a ``.jsonl`` or ``.jsonl.gz`` file."""
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -56,7 +57,7 @@ def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
     if ".jsonl" in Path(path).name:
         texts = [document_text(doc) for doc in read_jsonl(path)]
     else:
-        with _open_text(path) as handle:
+        with open_text(path) as handle:
             texts = [line.strip() for line in handle if line.strip()]
     if not texts:
         raise ValueError(f"{path}: no texts found")
