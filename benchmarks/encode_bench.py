@@ -1,15 +1,18 @@
 """Encode throughput of the demo model against what users run today (a script, not a test).
 
-Configurations, each measured in its own fresh process (load time and peak memory included):
+Configurations, each loaded in its own process (load time and peak memory are its own):
   a  two separate SentenceTransformer models + numpy concat (what users do today)
   b  the published card's AutoModel-style loop: batch 32, fp32 weights + autocast
   c  our default (exact)
   d* fast paths: bf16 weights, int8 dynamic quantization, token-budget batching
+  *-malloc  the same with glibc malloc told to keep freed memory (an environment setting; CPU)
 Text sets: SciFact passages (title + abstract), STS-B sentences, SciFact claims as queries with the
-query prompt. Prints texts/s, the ratio to (a) measured in the same run, STS-B Spearman of (c)
+query prompt. The sets are timed round-robin over the configurations (``--rounds``, best round
+counts), so a slow spell of a shared machine slows every configuration alike. Prints texts/s,
+the ratio to (a) measured in the same run, STS-B Spearman of (c)
 and (d*), peak RSS and load time; on CUDA also the FLOP ceiling (2 x params x tokens).
 
-    python benchmarks/encode_bench.py --quick            # < 3 min on 2 CPU cores
+    python benchmarks/encode_bench.py --quick            # < 3 min on 2 CPU cores (2 rounds; 2 min 45 s here)
     python benchmarks/encode_bench.py --device cuda
 """
 
@@ -21,6 +24,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +41,14 @@ CONFIGS = {
     "d-int8-budget": "ours, int8 + token budget",
     "d-bf16-budget": "ours, bf16 + token budget",
     "d-fp16": "ours, fp16 weights (CUDA)",
+    "a-malloc": "(a), glibc malloc tuned (CPU)",
+    "d-int8-budget-malloc": "ours, int8 + budget, malloc tuned",
 }
+# "-malloc" configurations run with glibc told never to mmap or trim: large tensors are then reused
+# from the heap instead of page-faulted in anew on every forward. An environment setting, not ours.
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+NOT_DEFAULT = {"d-bf16-budget"}
+ANSWER = "@@bench "  # prefix of a worker's answer lines; anything else on stdout is library chatter
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
@@ -100,6 +111,7 @@ def build_encoder(config: str, device: str) -> tuple[Callable[[list[str], bool],
             return np.concatenate(out)
 
         return encode, sum(p.numel() for _, m, _ in parts for p in m.parameters())
+    config = config.removesuffix("-malloc")
     model_kwargs = {}
     if "bf16" in config:
         model_kwargs["torch_dtype"] = torch.bfloat16
@@ -134,65 +146,138 @@ def count_tokens(texts: list[str], max_lengths: tuple[int, ...] = (256, 128)) ->
     return sum(min(n, limit) for n in lengths for limit in max_lengths) // len(max_lengths)
 
 
-def worker(config: str, device: str, quick: bool) -> dict:
-    """Measure one configuration in this process."""
+class Worker:
+    """One configuration in its own process, encoding on request so that configurations interleave."""
+
+    def __init__(self, config: str, device: str, quick: bool) -> None:
+        command = [sys.executable, __file__, "--worker", config, "--device", device] + (["--quick"] if quick else [])
+        self.config = config
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        env = os.environ | (MALLOC_ENV if config.endswith("-malloc") else {})
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env
+        )
+        self.info: dict = {}
+
+    def ask(self, request: str | None) -> dict:
+        """Send a request line (None: only read the next answer) and return the worker's answer."""
+        if request is not None:
+            self.process.stdin.write(request + "\n")
+            self.process.stdin.flush()
+        for line in self.process.stdout:
+            if line.startswith(ANSWER):
+                return json.loads(line[len(ANSWER) :])
+        self.stderr.seek(0)
+        raise SystemExit(f"{self.config} failed:\n{self.stderr.read()[-3000:]}")
+
+
+def serve(config: str, device: str, quick: bool) -> None:
+    """Worker loop: import, then answer ``load``, ``time SET`` (seconds), ``sts`` and ``stats``; ``quit`` ends."""
+    import sentence_transformers  # noqa: F401  (imports happen before the timed load, in parallel)
     import torch
+    import transformers  # noqa: F401
 
     from hub_export.evaluation import cosine_rows, load_sts
 
-    sets = text_sets(quick)
-    started = time.perf_counter()
-    encode, n_params = build_encoder(config, device)
-    load_s = time.perf_counter() - started
-    encode(sets["sentences"][:8], False)  # warm-up
-    rates = {}
-    for name, texts in sets.items():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        encode(texts, name == "queries")
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        rates[name] = len(texts) / (time.perf_counter() - start)
-    result = {"config": config, "load_s": load_s, "rates": rates, "params": n_params}
-    first, second, gold = load_sts(DATA / "stsb" / "test.tsv.gz", 300 if quick else None)
-    from scipy.stats import spearmanr
+    def answer(data: dict) -> None:
+        sys.stdout.write(ANSWER + json.dumps(data) + "\n")
+        sys.stdout.flush()
 
-    result["sts"] = 100 * float(spearmanr(cosine_rows(encode(first, False), encode(second, False)), gold).statistic)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.startswith("cuda"):
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["gpu"] = torch.cuda.get_device_name()
-        result["tokens"] = {name: count_tokens(texts) for name, texts in sets.items()}
-    return result
+    def synchronize() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    sets = text_sets(quick)
+    answer({})  # imported
+    for request in sys.stdin:
+        command, _, name = request.strip().partition(" ")
+        if command == "load":
+            started = time.perf_counter()
+            encode, n_params = build_encoder(config, device)
+            load_s = time.perf_counter() - started
+            encode(sets["sentences"][:8], False)  # warm-up
+            answer({"load_s": load_s, "params": n_params})
+        elif command == "time":
+            synchronize()
+            start = time.perf_counter()
+            encode(sets[name], name == "queries")
+            synchronize()
+            answer({"seconds": time.perf_counter() - start})
+        elif command == "sts":
+            from scipy.stats import spearmanr
+
+            first, second, gold = load_sts(DATA / "stsb" / "test.tsv.gz", 300 if quick else None)
+            cosines = cosine_rows(encode(first, False), encode(second, False))
+            answer({"sts": 100 * float(spearmanr(cosines, gold).statistic)})
+        elif command == "stats":
+            stats = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            if device.startswith("cuda"):
+                stats |= {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20, "gpu": torch.cuda.get_device_name()}
+            answer(stats)
+        else:
+            return
+
+
+def measure(configs: list[str], device: str, quick: bool, rounds: int) -> list[dict]:
+    """Load each configuration in its own process, then time the text sets round-robin.
+
+    Every round times each set once per configuration, one process at a time, so that a slow
+    spell of a shared machine hits all configurations alike; a configuration's rate is its
+    best round.
+    """
+    workers = [Worker(config, device, quick) for config in configs]  # import in parallel
+    for w in workers:
+        w.ask(None)
+    for w in workers:  # load one after another, so that load times are each its own
+        w.info = w.ask("load")
+    sets = list(text_sets(quick))
+    seconds = {(w.config, name): [] for w in workers for name in sets}
+    for _ in range(rounds):
+        for name in sets:
+            for w in workers:
+                seconds[w.config, name].append(w.ask(f"time {name}")["seconds"])
+    texts = text_sets(quick)
+    tokens = {name: count_tokens(texts[name]) for name in sets} if device.startswith("cuda") else {}
+    results = []
+    for w in workers:
+        rates = {name: len(texts[name]) / min(seconds[w.config, name]) for name in sets}
+        result = {"config": w.config, "load_s": w.info["load_s"], "params": w.info["params"], "rates": rates}
+        result |= w.ask("sts") | w.ask("stats") | {"tokens": tokens}
+        w.process.communicate("quit\n")
+        results.append(result)
+    return results
 
 
 def main() -> None:
-    """Run every configuration in its own process and print the comparison table."""
+    """Measure every configuration and print the comparison table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small text sets (< 3 min on 2 CPU cores)")
+    parser.add_argument("--rounds", type=int, help="timed rounds per set, the best counts (default 2 quick, 3 full)")
     parser.add_argument("--configs", default=None, help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--json", help="write all results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        sys.stdout.write(json.dumps(worker(args.worker, args.device, args.quick)) + "\n")
+        serve(args.worker, args.device, args.quick)
         return
     on_cuda = args.device.startswith("cuda")
-    default = [c for c in CONFIGS if (c != "d-fp16" or on_cuda) and (not c.startswith("d-int8") or not on_cuda)]
+    cpu_only = ("d-int8", "-malloc")
+    default = [
+        c
+        for c in CONFIGS
+        if c not in NOT_DEFAULT and (c != "d-fp16" or on_cuda) and not (on_cuda and any(k in c for k in cpu_only))
+    ]
     configs = args.configs.split(",") if args.configs else default
-    results = []
-    for config in configs:
-        command = [sys.executable, __file__, "--worker", config, "--device", args.device]
-        run = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
-        if run.returncode != 0:
-            raise SystemExit(f"{config} failed:\n{run.stderr[-3000:]}")
-        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    rounds = args.rounds or (2 if args.quick else 3)
+    results = measure(configs, args.device, args.quick, rounds)
     base = next((r for r in results if r["config"] == "a"), results[0])
     sets = list(base["rates"])
     header = (
-        f"{'config':<38}"
+        f"{'config':<56}"
         + "".join(f"{s + ' /s':>14}{'x(a)':>6}" for s in sets)
         + f"{'STS-B':>7}{'RSS MB':>8}{'load s':>7}"
     )
@@ -200,7 +285,7 @@ def main() -> None:
     for r in results:
         cells = "".join(f"{r['rates'][s]:14.1f}{r['rates'][s] / base['rates'][s]:6.2f}" for s in sets)
         label = f"{r['config']} {CONFIGS[r['config']]}"
-        lines.append(f"{label:<38}{cells}{r['sts']:7.2f}{r['peak_rss_mb']:8.0f}{r['load_s']:7.1f}")
+        lines.append(f"{label:<56}{cells}{r['sts']:7.2f}{r['peak_rss_mb']:8.0f}{r['load_s']:7.1f}")
     if on_cuda:
         gpu = results[0].get("gpu", "")
         peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)

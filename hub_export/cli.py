@@ -192,6 +192,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         devices=[d.strip() for d in args.devices.split(",")] if args.devices else [],
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
+        quantization=args.quantization,
     )
     sys.stdout.write(json.dumps(run_embed(job, progress=not args.no_progress)) + "\n")
     return 0
@@ -285,6 +286,9 @@ def make_parser() -> argparse.ArgumentParser:
     embed.add_argument("--devices", default=None, help="local multi-process pool, e.g. cpu,cpu or cuda:0,cuda:1")
     embed.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
     embed.add_argument("--ray-workers", type=int, default=1, help="Ray actors embedding in parallel")
+    embed.add_argument(
+        "--quantization", default=None, help="int8-dynamic: the CPU int8 fast path (vectors move slightly)"
+    )
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=cmd_embed)
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.evaluation import open_text
+from hub_export.modeling import RUNTIME_QUANTIZATION
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class EmbedJob:
     devices: list[str] = field(default_factory=list)
     ray_address: str | None = None
     ray_workers: int = 1
+    quantization: str | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid choices for every bad setting."""
@@ -53,6 +55,8 @@ class EmbedJob:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {list(DTYPES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {list(ENGINES)}")
+        if self.quantization not in RUNTIME_QUANTIZATION:
+            raise ValueError(f"unknown quantization {self.quantization!r}; valid: {list(RUNTIME_QUANTIZATION)}")
         if self.shard_size <= 0 or self.batch_size <= 0 or self.ray_workers <= 0:
             raise ValueError("shard_size, batch_size and ray_workers must be positive")
         if not self.text_fields:
@@ -64,7 +68,7 @@ class EmbedJob:
 
     def manifest(self, dimension: int, model_revision: str) -> dict[str, Any]:
         """The settings a resumed run must share with the run that started the output."""
-        keys = ("model", "input", "id_field", "text_fields", "shard_size", "dtype", "prompt_name")
+        keys = ("model", "input", "id_field", "text_fields", "shard_size", "dtype", "prompt_name", "quantization")
         return {key: asdict(self)[key] for key in keys} | {"dimension": dimension, "model_revision": model_revision}
 
 
@@ -183,8 +187,14 @@ class _Encoder:
     def __init__(self, job: EmbedJob) -> None:
         from sentence_transformers import SentenceTransformer
 
+        from hub_export.fast import keep_freed_memory
+
+        keep_freed_memory()
         self.job = job
-        self.model = SentenceTransformer(job.model, trust_remote_code=True, revision=job.revision, device="cpu")
+        model_kwargs = {"quantization": job.quantization} if job.quantization else None
+        self.model = SentenceTransformer(
+            job.model, trust_remote_code=True, revision=job.revision, device="cpu", model_kwargs=model_kwargs
+        )
         self.layouts = None
         if job.dtype == "int8":
             from hub_export.quantize import part_layouts

@@ -120,6 +120,54 @@ def test_shared_tokenization_happens_once_and_matches_separate(tiny_parts, tmp_p
     assert torch.max(torch.abs(shared_out - expected)).item() <= 1e-5
 
 
+MIXED = [("word " * n).strip() for n in (1, 30, 3, 12, 7, 25, 2, 18, 5, 9)]
+
+
+def test_cpu_chunks_trim_padding_and_match_whole_batches(built_model, tiny_parts) -> None:
+    model = SentenceTransformer(str(built_model), trust_remote_code=True, device="cpu")
+    module = model[0]
+    remote = sys.modules[type(module).__module__]
+    module.cpu_chunk_bytes = None
+    whole = encode(model, "encode_query", MIXED, batch_size=16)
+    widths: list[tuple[int, int]] = []
+    original = remote.row_chunks
+
+    def spy(features, max_tokens):
+        for chunk in original(features, max_tokens):
+            widths.append(tuple(chunk["input_ids"].shape))
+            yield chunk
+
+    remote.row_chunks = spy
+    try:
+        module.cpu_chunk_bytes = 4 * 96 * 40  # 40 tokens of the widest tiny part (96-wide feed-forward)
+        chunked = encode(model, "encode_query", MIXED, batch_size=16)
+    finally:
+        remote.row_chunks = original
+    assert len(widths) > 3 * 2  # every part ran in several chunks
+    assert all(rows * width <= 40 or rows == 1 for rows, width in widths[:4])
+    assert len({width for _, width in widths}) > 2  # trailing padding trimmed per chunk
+    assert torch.max(torch.abs(chunked - whole)).item() <= 1e-6
+    assert torch.max(torch.abs(chunked - reference(tiny_parts, MIXED, query=True))).item() <= 1e-5
+
+
+def test_row_chunks_keep_left_padded_width() -> None:
+    from modeling import row_chunks
+
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]])
+    features = {"input_ids": mask * 7, "attention_mask": mask}
+    chunks = list(row_chunks(features, max_tokens=8))
+    assert [tuple(c["input_ids"].shape) for c in chunks] == [(2, 4), (2, 4)]
+    assert torch.equal(torch.cat([c["attention_mask"] for c in chunks]), mask)
+    right = {"input_ids": mask.flip(1), "attention_mask": mask.flip(1)}
+    assert [tuple(c["attention_mask"].shape) for c in row_chunks(right, max_tokens=8)] == [(2, 3), (2, 4)]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "12MB"])
+def test_bad_cpu_chunk_bytes_is_refused(loaded_model, value) -> None:
+    with pytest.raises(ValueError, match="positive int"):
+        loaded_model[0].cpu_chunk_bytes = value
+
+
 def test_save_load_round_trip_is_exact(loaded_model, built_model, tmp_path) -> None:
     loaded_model.save(str(tmp_path / "copy"))
     again = SentenceTransformer(str(tmp_path / "copy"), trust_remote_code=True)
