@@ -254,8 +254,10 @@ def row_chunks(features: dict[str, Tensor], max_tokens: int) -> Iterator[dict[st
         length = int(used.max()) + 1 if len(used) else width
         chunk = {}
         for name, value in features.items():
-            value = value[start : start + step]
-            chunk[name] = value[:, :length] if value.dim() > 1 and value.shape[1] == width else value
+            if value.dim() > 0 and value.shape[0] == rows:
+                value = value[start : start + step]
+                value = value[:, :length] if value.dim() > 1 and value.shape[1] == width else value
+            chunk[name] = value
         yield chunk
 
 

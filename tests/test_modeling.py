@@ -154,9 +154,10 @@ def test_row_chunks_keep_left_padded_width() -> None:
     from modeling import row_chunks
 
     mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]])
-    features = {"input_ids": mask * 7, "attention_mask": mask}
+    features = {"input_ids": mask * 7, "attention_mask": mask, "scale": torch.tensor(2.0)}
     chunks = list(row_chunks(features, max_tokens=8))
     assert [tuple(c["input_ids"].shape) for c in chunks] == [(2, 4), (2, 4)]
+    assert all(c["scale"].item() == 2.0 for c in chunks)  # tensors that are not per row pass through
     assert torch.equal(torch.cat([c["attention_mask"] for c in chunks]), mask)
     right = {"input_ids": mask.flip(1), "attention_mask": mask.flip(1)}
     assert [tuple(c["attention_mask"].shape) for c in row_chunks(right, max_tokens=8)] == [(2, 3), (2, 4)]
