@@ -246,7 +246,7 @@ def row_chunks(features: dict[str, Tensor], max_tokens: int) -> Iterator[dict[st
     mask = features.get("attention_mask")
     rows, width = mask.shape if mask is not None else (0, 0)
     step = max(1, max_tokens // max(width, 1))
-    if rows <= step:
+    if mask is None or rows <= step:
         yield features
         return
     for start in range(0, rows, step):

@@ -68,7 +68,7 @@ def text_sets(quick: bool) -> dict[str, list[str]]:
 
 
 def build_encoder(config: str, device: str) -> tuple[Callable[[list[str], bool], np.ndarray], int]:
-    """Return ``encode(texts, is_query) -> np.ndarray`` for a configuration, and the model for STS."""
+    """Return ``encode(texts, is_query) -> np.ndarray`` for a configuration, and its parameter count."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -230,19 +230,20 @@ def measure(configs: list[str], device: str, quick: bool, rounds: int) -> list[d
         w.ask(None)
     for w in workers:  # load one after another, so that load times are each its own
         w.info = w.ask("load")
-    sets = list(text_sets(quick))
+    texts = text_sets(quick)
+    sets = list(texts)
     seconds = {(w.config, name): [] for w in workers for name in sets}
     for _ in range(rounds):
         for name in sets:
             for w in workers:
                 seconds[w.config, name].append(w.ask(f"time {name}")["seconds"])
-    texts = text_sets(quick)
-    tokens = {name: count_tokens(texts[name]) for name in sets} if device.startswith("cuda") else {}
+    on_cuda = device.startswith("cuda")
+    tokens_per_text = {name: count_tokens(texts[name]) / len(texts[name]) for name in sets} if on_cuda else {}
     results = []
     for w in workers:
         rates = {name: len(texts[name]) / min(seconds[w.config, name]) for name in sets}
         result = {"config": w.config, "load_s": w.info["load_s"], "params": w.info["params"], "rates": rates}
-        result |= w.ask("sts") | w.ask("stats") | {"tokens": tokens}
+        result |= w.ask("sts") | w.ask("stats") | {"tokens_per_text": tokens_per_text}
         w.process.communicate("quit\n")
         results.append(result)
     return results
@@ -290,9 +291,7 @@ def main() -> None:
         gpu = results[0].get("gpu", "")
         peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
         for r in results:
-            achieved = {
-                s: 2 * r["params"] * r["tokens"][s] / len(text_sets(args.quick)[s]) * r["rates"][s] for s in sets
-            }
+            achieved = {s: 2 * r["params"] * r["tokens_per_text"][s] * r["rates"][s] for s in sets}
             note = ", ".join(
                 f"{s} {v / 1e12:.1f} TFLOP/s" + (f" ({v / peak:.1%} of {gpu})" if peak else "")
                 for s, v in achieved.items()

@@ -176,7 +176,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed a corpus into sharded, resumable Parquet files."""
     from hub_export.embed import EmbedJob, run_embed
+    from hub_export.fast import keep_freed_memory
 
+    keep_freed_memory()  # this process exists to embed: reuse freed heap memory (see hub_export.fast)
     job = EmbedJob(
         model=args.model,
         input=args.input,

@@ -187,9 +187,6 @@ class _Encoder:
     def __init__(self, job: EmbedJob) -> None:
         from sentence_transformers import SentenceTransformer
 
-        from hub_export.fast import keep_freed_memory
-
-        keep_freed_memory()
         self.job = job
         model_kwargs = {"quantization": job.quantization} if job.quantization else None
         self.model = SentenceTransformer(
@@ -237,6 +234,9 @@ class RayEmbedActor:
     """Ray Data actor: loads the model once and embeds ``{"text"}`` batches into ``{"vector"}``."""
 
     def __init__(self, job: dict[str, Any]) -> None:
+        from hub_export.fast import keep_freed_memory
+
+        keep_freed_memory()  # the actor's process exists to embed
         self.encoder = _Encoder(EmbedJob(**job | {"engine": "ray", "devices": []}))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
