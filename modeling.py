@@ -262,16 +262,19 @@ def row_chunks(features: dict[str, Tensor], max_tokens: int) -> Iterator[dict[st
 
 
 def _tokenizer_fingerprint(transformer: nn.Module) -> str:
+    """What decides a part's token ids apart from its token limit (the backend's call state left out)."""
     tokenizer = transformer.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend = json.loads(backend.to_str()) | {"truncation": None, "padding": None}
     return json.dumps(
         [
             type(tokenizer).__name__,
-            backend.to_str() if backend is not None else repr(tokenizer),
+            backend if backend is not None else repr(tokenizer),
             list(getattr(tokenizer, "model_input_names", [])),
             getattr(tokenizer, "padding_side", None),
             getattr(tokenizer, "truncation_side", None),
-            transformer.max_seq_length,
+            getattr(transformer, "do_lower_case", False),
         ]
     )
 
@@ -384,8 +387,10 @@ class ConcatEmbedding(InputModule):
     expects unit vectors for dot-product search; cosine similarities are unchanged.
 
     Prompts: the model-wide prompts of ``config_sentence_transformers.json`` reach every
-    part; ``PartSpec.prompts`` overrides the text of a prompt name for one part. When parts
-    share an identical tokenizer, token limit and prompt, the batch is tokenized once.
+    part; ``PartSpec.prompts`` overrides the text of a prompt name for one part. Parts with an
+    identical tokenizer and prompt share one tokenization of the batch, made at the largest of
+    their token limits; a part with a smaller limit reuses it only when no text exceeds that
+    limit (so the result is exact) and tokenizes on its own otherwise.
 
     Args:
         pipelines: One ``nn.Sequential`` per part, in concatenation order.
@@ -419,9 +424,6 @@ class ConcatEmbedding(InputModule):
         self.model_prompts: dict[str, str] = {}
         self.quantization: str | None = None
         self.cpu_chunk_bytes = CPU_CHUNK_BYTES
-        self._refresh_fingerprints()
-
-    def _refresh_fingerprints(self) -> None:
         self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
 
     @property
@@ -435,7 +437,8 @@ class ConcatEmbedding(InputModule):
     @property
     def shares_tokenizer(self) -> bool:
         """Whether every part tokenizes identically (same tokenizer and token limit)."""
-        return len(set(self._fingerprints)) == 1
+        limits = {pipeline[0].max_seq_length for pipeline in self.pipelines}
+        return len(set(self._fingerprints)) == 1 and len(limits) == 1
 
     @property
     def tokenizer(self) -> Any:
@@ -451,7 +454,6 @@ class ConcatEmbedding(InputModule):
     def max_seq_length(self, value: int) -> None:
         for pipeline in self.pipelines:
             pipeline[0].max_seq_length = value
-        self._refresh_fingerprints()
 
     @property
     def cpu_chunk_bytes(self) -> int | None:
@@ -519,15 +521,17 @@ class ConcatEmbedding(InputModule):
                     f"ConcatEmbedding accepts only str inputs; batch item {position} is "
                     f"{type(text).__name__}: {text!r:.80}"
                 )
-        features: dict[str, Tensor] = {}
         tokenized: dict[tuple[str, str | None], dict[str, Tensor]] = {}
-        for index, pipeline in enumerate(self.pipelines):
-            part_prompt = self.part_prompt(index, prompt, task)
+        per_part: dict[int, dict[str, Tensor]] = {}
+        for index in sorted(range(len(self.pipelines)), key=lambda i: -self.pipelines[i][0].max_seq_length):
+            transformer, part_prompt = self.pipelines[index][0], self.part_prompt(index, prompt, task)
             key = (self._fingerprints[index], part_prompt)
-            if key not in tokenized:
-                tokenized[key] = tokenize_texts(pipeline[0], texts, part_prompt)
-            features |= {f"part{index}.{name}": value for name, value in tokenized[key].items()}
-        return features
+            shared = tokenized.get(key)
+            if shared is None or shared["input_ids"].shape[-1] > transformer.max_seq_length:
+                shared = tokenize_texts(transformer, texts, part_prompt)
+                tokenized.setdefault(key, shared)
+            per_part[index] = shared
+        return {f"part{index}.{name}": value for index in sorted(per_part) for name, value in per_part[index].items()}
 
     def tokenize(self, texts: list[str], **kwargs) -> dict[str, Tensor]:
         """Alias of :meth:`preprocess` for sentence-transformers 5.x."""

@@ -8,8 +8,8 @@ Configurations, each loaded in its own process (load time and peak memory are it
   *-malloc  the same with glibc malloc told to keep freed memory (an environment setting; CPU)
 Text sets: SciFact passages (title + abstract), STS-B sentences, SciFact claims as queries with the
 query prompt. The sets are timed round-robin over the configurations (``--rounds``, best round
-counts), so a slow spell of a shared machine slows every configuration alike. Prints texts/s,
-the ratio to (a) measured in the same run, STS-B Spearman of (c)
+counts), so a slow spell of a shared machine slows every configuration alike. Prints texts/s (best
+round), the median of the per-round ratios to (a) with their range, STS-B Spearman of (c)
 and (d*), peak RSS and load time; on CUDA also the FLOP ceiling (2 x params x tokens).
 
     python benchmarks/encode_bench.py --quick            # < 3 min on 2 CPU cores (2 rounds; 2 min 45 s here)
@@ -223,7 +223,8 @@ def measure(configs: list[str], device: str, quick: bool, rounds: int) -> list[d
 
     Every round times each set once per configuration, one process at a time, so that a slow
     spell of a shared machine hits all configurations alike; a configuration's rate is its
-    best round.
+    best round, and its per-round speed ratios to the first configuration (timed in the same
+    round, moments apart) are kept in ``ratios``.
     """
     workers = [Worker(config, device, quick) for config in configs]  # import in parallel
     for w in workers:
@@ -239,10 +240,15 @@ def measure(configs: list[str], device: str, quick: bool, rounds: int) -> list[d
                 seconds[w.config, name].append(w.ask(f"time {name}")["seconds"])
     on_cuda = device.startswith("cuda")
     tokens_per_text = {name: count_tokens(texts[name]) / len(texts[name]) for name in sets} if on_cuda else {}
+    base = workers[0].config
     results = []
     for w in workers:
         rates = {name: len(texts[name]) / min(seconds[w.config, name]) for name in sets}
+        ratios = {
+            name: [ours / theirs for ours, theirs in zip(seconds[base, name], seconds[w.config, name])] for name in sets
+        }
         result = {"config": w.config, "load_s": w.info["load_s"], "params": w.info["params"], "rates": rates}
+        result |= {"ratios": ratios}
         result |= w.ask("sts") | w.ask("stats") | {"tokens_per_text": tokens_per_text}
         w.process.communicate("quit\n")
         results.append(result)
@@ -273,9 +279,10 @@ def main() -> None:
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    configs.sort(key=lambda c: c != "a")  # (a) first: every round's ratios are taken against it
     rounds = args.rounds or (2 if args.quick else 3)
     results = measure(configs, args.device, args.quick, rounds)
-    base = next((r for r in results if r["config"] == "a"), results[0])
+    base = results[0]
     sets = list(base["rates"])
     header = (
         f"{'config':<56}"
@@ -284,9 +291,13 @@ def main() -> None:
     )
     lines = [f"device {args.device}, {'quick' if args.quick else 'full'} sets", header]
     for r in results:
-        cells = "".join(f"{r['rates'][s]:14.1f}{r['rates'][s] / base['rates'][s]:6.2f}" for s in sets)
+        cells = "".join(f"{r['rates'][s]:14.1f}{np.median(r['ratios'][s]):6.2f}" for s in sets)
         label = f"{r['config']} {CONFIGS[r['config']]}"
         lines.append(f"{label:<56}{cells}{r['sts']:7.2f}{r['peak_rss_mb']:8.0f}{r['load_s']:7.1f}")
+    lines.append(f"x(a): median over {rounds} rounds of the speed ratio to {base['config']} in the same round; range:")
+    for r in results[1:]:
+        spread = ", ".join(f"{s} {min(r['ratios'][s]):.2f}-{max(r['ratios'][s]):.2f}" for s in sets)
+        lines.append(f"  {r['config']}: {spread}")
     if on_cuda:
         gpu = results[0].get("gpu", "")
         peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)

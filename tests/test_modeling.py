@@ -90,34 +90,45 @@ def test_normalize_output(tiny_parts, tmp_path) -> None:
     assert torch.max(torch.abs(ours - torch.nn.functional.normalize(raw, dim=-1))).item() <= 1e-5
 
 
-def test_shared_tokenization_happens_once_and_matches_separate(tiny_parts, tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def shared_tokenizer_model(tiny_parts, tmp_path_factory) -> SentenceTransformer:
+    """Two parts with one tokenizer and different token limits (64 and 16; ``TEXTS`` need 13)."""
     from hub_export.build import PartOptions, build_model
 
-    def build(name: str, second_max: int) -> SentenceTransformer:
-        parts = [
-            PartOptions("x", str(tiny_parts["a"])),
-            PartOptions("y", str(tiny_parts["a2"]), max_seq_length=second_max),
-        ]
-        return SentenceTransformer(str(build_model(parts, tmp_path / name)), trust_remote_code=True)
+    parts = [
+        PartOptions("x", str(tiny_parts["a"])),
+        PartOptions("y", str(tiny_parts["a2"]), max_seq_length=16),
+    ]
+    folder = build_model(parts, tmp_path_factory.mktemp("shared") / "model")
+    return SentenceTransformer(str(folder), trust_remote_code=True)
 
-    shared, separate = build("shared", 64), build("separate", 63)
-    remote = sys.modules[type(shared[0]).__module__]
+
+@pytest.mark.parametrize(
+    ("texts", "tokenizations"),
+    [(TEXTS, 1), (TEXTS + [" ".join(["word"] * 20)], 2)],
+    ids=["all-within-smaller-limit", "one-text-over-it"],
+)
+def test_shared_tokenization_is_reused_only_when_exact(
+    shared_tokenizer_model, tiny_parts, monkeypatch, texts: list[str], tokenizations: int
+) -> None:
+    model = shared_tokenizer_model
+    assert not model[0].shares_tokenizer  # token limits differ: no single-tokenizer AutoModel route
+    remote = sys.modules[type(model[0]).__module__]
     calls: list[int] = []
     original = remote.tokenize_texts
     monkeypatch.setattr(remote, "tokenize_texts", lambda *a: calls.append(1) or original(*a))
-    shared_out = encode(shared, "encode_query", TEXTS)
-    assert len(calls) == 1
-    remote_separate = sys.modules[type(separate[0]).__module__]
-    if remote_separate is not remote:
-        monkeypatch.setattr(remote_separate, "tokenize_texts", lambda *a: calls.append(1) or original(*a))
-    calls.clear()
-    separate_out = encode(separate, "encode_query", TEXTS)
-    assert len(calls) == 2
-    assert torch.equal(shared_out, separate_out)
+    ours = encode(model, "encode_query", texts)
+    assert len(calls) == tokenizations
     expected = torch.cat(
-        [reference_part(tiny_parts["a"], TEXTS, "cls"), reference_part(tiny_parts["a2"], TEXTS, "cls")], -1
+        [
+            reference_part(tiny_parts["a"], texts, "cls", max_length=64),
+            reference_part(tiny_parts["a2"], texts, "cls", max_length=16),
+        ],
+        -1,
     )
-    assert torch.max(torch.abs(shared_out - expected)).item() <= 1e-5
+    assert torch.max(torch.abs(ours - expected)).item() <= 1e-5
+    features = model[0].preprocess(texts)
+    assert features["part1.input_ids"].shape[1] == min(16, features["part0.input_ids"].shape[1])
 
 
 MIXED = [("word " * n).strip() for n in (1, 30, 3, 12, 7, 25, 2, 18, 5, 9)]
