@@ -554,18 +554,23 @@ class ConcatEmbedding(InputModule):
             embedding = embedding * spec.weight
         return embedding
 
-    def _embed_parts_on_streams(self, features: dict[str, Tensor]) -> list[Tensor]:
-        """On CUDA, run each part on its own stream so that small parts overlap with large ones."""
-        current = torch.cuda.current_stream()
-        streams = [torch.cuda.Stream() for _ in self.pipelines]
+    def _embed_parts_on_streams(self, features: dict[str, Tensor], streams_of: Any = torch.cuda) -> list[Tensor]:
+        """On CUDA, run each part on its own stream so that small parts overlap with large ones.
+
+        ``streams_of`` is the device module that makes the streams: ``torch.cuda`` here, and
+        ``torch.cpu`` (whose streams do nothing) to run the same steps on CPU.
+        """
+        current = streams_of.current_stream()
+        streams = [streams_of.Stream() for _ in self.pipelines]
         outputs = []
         for index, stream in enumerate(streams):
             stream.wait_stream(current)
-            with torch.cuda.stream(stream):
+            with streams_of.stream(stream):
                 outputs.append(self._embed_part(index, features))
         for stream, output in zip(streams, outputs):
             current.wait_stream(stream)
-            output.record_stream(current)
+            if output.is_cuda:  # side-stream memory is not reused before the current stream is done with it
+                output.record_stream(current)
         return outputs
 
     def forward(self, features: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:

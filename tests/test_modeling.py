@@ -134,6 +134,18 @@ def test_shared_tokenization_is_reused_only_when_exact(
 MIXED = [("word " * n).strip() for n in (1, 30, 3, 12, 7, 25, 2, 18, 5, 9)]
 
 
+def test_part_streams_give_the_sequential_result(loaded_model: SentenceTransformer) -> None:
+    """The CUDA per-part stream steps, run with torch.cpu's no-op streams, equal running the parts in turn."""
+    module = loaded_model[0]
+    features = module.preprocess(TEXTS + MIXED)
+    with torch.inference_mode():
+        on_streams = module._embed_parts_on_streams(dict(features), torch.cpu)
+        in_turn = [module._embed_part(index, dict(features)) for index in range(len(module.pipelines))]
+    assert len(on_streams) == len(in_turn) == 3
+    for ours, expected in zip(on_streams, in_turn):
+        assert torch.equal(ours, expected)
+
+
 def test_cpu_chunks_trim_padding_and_match_whole_batches(built_model, tiny_parts) -> None:
     model = SentenceTransformer(str(built_model), trust_remote_code=True, device="cpu")
     module = model[0]
