@@ -72,13 +72,11 @@ def compare_models(
     corpus, queries, qrels = load_beir(beir, max_queries=max_queries, max_docs=max_docs)
     doc_ids, query_ids = list(corpus), list(queries)
     docs, scores, ndcg = [], [], []
-    query_vectors = []
     for path in model_paths:
         model = SentenceTransformer(path, trust_remote_code=trust_remote_code, device="cpu")
         d = unit_rows(model.encode_document([document_text(corpus[i]) for i in doc_ids]))
         q = unit_rows(model.encode_query([queries[i] for i in query_ids]))
         docs.append(d)
-        query_vectors.append(q)
         scores.append(q @ d.T)
         ndcg.append(100 * retrieval_metrics(scores[-1], query_ids, doc_ids, qrels)["ndcg@10"])
     concat_scores = np.mean(scores, axis=0)  # cosine of concatenated unit vectors = mean of cosines

@@ -297,7 +297,9 @@ def run_embed(job: EmbedJob, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     with (
         open(rejected_tmp, "w", encoding="utf-8") as rejected_file,
-        tqdm(desc="embedding", unit="text", disable=not progress, total=count_records(job.input)) as bar,
+        tqdm(
+            desc="embedding", unit="text", disable=not progress, total=count_records(job.input) if progress else None
+        ) as bar,
     ):
 
         def reject(record_id: str | None, reason: str) -> None:

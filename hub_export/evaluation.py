@@ -229,14 +229,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of :func:`evaluate_model` rows."""
     columns = [c for c in ("view", "setting", "sts", "ndcg@10", "recall@100", "bytes", "encode_s") if c in rows[0]]
     widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.rjust(widths[c]) if c not in ("view", "setting") else c.ljust(widths[c]) for c in columns)]
-    for row in rows:
-        cells = [
-            _cell(row[c]).rjust(widths[c]) if c not in ("view", "setting") else _cell(row[c]).ljust(widths[c])
-            for c in columns
-        ]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+
+    def line(cells: dict[str, str]) -> str:
+        return "  ".join(
+            cells[c].ljust(widths[c]) if c in ("view", "setting") else cells[c].rjust(widths[c]) for c in columns
+        )
+
+    return "\n".join([line({c: c for c in columns})] + [line({c: _cell(row[c]) for c in columns}) for row in rows])
 
 
 def _cell(value: Any) -> str:
