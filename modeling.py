@@ -33,9 +33,10 @@ POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_l
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
 QUANT_SCHEMES = ("int8", "int4")
 RUNTIME_QUANTIZATION = (None, "int8-dynamic")
-# On CPU a batch runs in row chunks whose widest activation stays below this many bytes: large
-# tensors come from fresh mmap pages, faulted in anew on every forward, and spill the caches.
-# 12 MiB (2048 tokens of a 1536-wide feed-forward) was fastest for int8 and fp32 on 2 cores.
+# On CPU a batch runs in row chunks whose widest activation stays below this many bytes, which
+# bounds activation memory and drops each chunk's trailing padding. 12 MiB (2048 tokens of a
+# 1536-wide feed-forward) was as fast as any size tried on 2 cores; glibc may still return freed
+# memory between passes (README, Speed: the malloc setting of embedding processes).
 CPU_CHUNK_BYTES = 12 * 2**20
 _CLASSIC_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",

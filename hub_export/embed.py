@@ -16,12 +16,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hub_export.evaluation import open_text
 from hub_export.modeling import RUNTIME_QUANTIZATION
+
+if TYPE_CHECKING:
+    from hub_export.quantize import PartLayout
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +224,7 @@ class _Encoder:
             self.model.stop_multi_process_pool(self.pool)
 
 
-def to_dtype(embeddings: np.ndarray, dtype: str, layouts=None) -> np.ndarray:
+def to_dtype(embeddings: np.ndarray, dtype: str, layouts: Sequence[PartLayout] | None = None) -> np.ndarray:
     """Model output as stored: float32, float16, or int8 codes with the model's calibrated ranges."""
     if dtype == "int8":
         from hub_export.quantize import quantize

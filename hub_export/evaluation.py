@@ -14,12 +14,24 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from hub_export.quantize import bytes_per_vector, dequantize, part_layouts, prepare_queries, quantize, unit_rows
+from hub_export.quantize import (
+    PartLayout,
+    bytes_per_vector,
+    dequantize,
+    part_layouts,
+    prepare_queries,
+    quantize,
+    unit_rows,
+)
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from torch import nn
 
 SETTINGS = (None, "int8", "int4")
 
@@ -64,7 +76,9 @@ def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def load_beir(folder: str | Path, split: str = "test", max_queries: int | None = None, max_docs: int | None = None):
+def load_beir(
+    folder: str | Path, split: str = "test", max_queries: int | None = None, max_docs: int | None = None
+) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
     """Read a BEIR folder: ``(corpus {id: {"title", "text"}}, queries {id: text}, qrels {qid: {did: score}})``.
 
     ``max_queries`` keeps the first queries of the split; ``max_docs`` keeps their relevant
@@ -88,7 +102,7 @@ def load_beir(folder: str | Path, split: str = "test", max_queries: int | None =
     return corpus, queries, qrels
 
 
-def part_views(model) -> dict[str, slice]:
+def part_views(model: SentenceTransformer) -> dict[str, slice]:
     """Column ranges of each part in the concatenated vector, plus ``"concat"`` for all of it."""
     views, start = {}, 0
     for spec in model[0].specs:
@@ -103,7 +117,9 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (unit_rows(a) * unit_rows(b)).sum(axis=1)
 
 
-def sts_spearman(model, path: str | Path, limit: int | None = None, batch_size: int = 64) -> dict[str, float]:
+def sts_spearman(
+    model: SentenceTransformer, path: str | Path, limit: int | None = None, batch_size: int = 64
+) -> dict[str, float]:
     """Spearman x 100 between cosine similarity and gold scores, for each part and the concatenation."""
     first, second, gold = load_sts(path, limit)
     left = model.encode(first, batch_size=batch_size, convert_to_numpy=True)
@@ -138,7 +154,7 @@ def retrieval_metrics(
 class PartTimer:
     """Accumulates each part pipeline's forward time through torch hooks (tokenization excluded)."""
 
-    def __init__(self, concat) -> None:
+    def __init__(self, concat: nn.Module) -> None:
         self.seconds = {spec.name: 0.0 for spec in concat.specs}
         self._handles = []
         for spec, pipeline in zip(concat.specs, concat.pipelines):
@@ -160,7 +176,7 @@ class PartTimer:
             handle.remove()
 
 
-def _compress(embeddings: np.ndarray, layouts, scheme: str | None) -> np.ndarray:
+def _compress(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str | None) -> np.ndarray:
     """The vectors as stored and read back: float (shaped) or dequantized codes."""
     if scheme is None:
         return prepare_queries(embeddings, layouts)
@@ -168,7 +184,7 @@ def _compress(embeddings: np.ndarray, layouts, scheme: str | None) -> np.ndarray
 
 
 def evaluate_model(
-    model,
+    model: SentenceTransformer,
     sts: str | Path | None = None,
     beir: str | Path | None = None,
     limit: int | None = None,

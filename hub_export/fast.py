@@ -6,9 +6,12 @@ import ctypes
 import logging
 import platform
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters, <malloc.h>
@@ -32,7 +35,7 @@ def keep_freed_memory() -> bool:
     return done
 
 
-def token_lengths(model, texts: Sequence[str]) -> np.ndarray:
+def token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
     """Token count of each text under the model's tokenizer and token limit."""
     encoded = model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length, add_special_tokens=True)
     return np.array([len(ids) for ids in encoded["input_ids"]])
@@ -56,7 +59,11 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: i
 
 
 def encode_with_token_budget(
-    model, texts: Sequence[str], max_tokens: int = 2048, max_batch_size: int = 32, **encode_kwargs: Any
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    max_tokens: int = 2048,
+    max_batch_size: int = 32,
+    **encode_kwargs: Any,
 ) -> np.ndarray:
     """``model.encode`` with length-sorted batches of at most ``max_tokens`` padded tokens.
 
