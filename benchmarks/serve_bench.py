@@ -1,0 +1,173 @@
+"""Load test of ``concat-embed serve`` against in-process encoding (a script, not a test).
+
+Starts the server (local engine) on a free port of 127.0.0.1 for the demo model, then drives it
+with a short asyncio + httpx load generator: concurrency 1, 8 and 64, single-query requests
+(SciFact claims with the query prompt) and 32-passage requests (SciFact abstracts). Each cell
+sends a bounded number of requests and stops by itself. Prints p50 / p99 latency, texts/s and the
+ratio to the in-process ceiling (``model.encode`` of the same texts in one batched call; one
+``encode_query`` of one text for latency), for the default and the int8 path, idle and with two
+busy-loop processes on the cores. Only 127.0.0.1 is contacted.
+
+    python benchmarks/serve_bench.py --quick      # about 4 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def say(line: str) -> None:
+    """One line of the report on stdout, flushed."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def cpu_line() -> str:
+    """The CPU model, core count and the vector ISA flags that decide the fast paths."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    have = [flag for flag in FLAGS if flag in flags]
+    return f"{model or platform.processor()} x{os.cpu_count()}; flags: {', '.join(have) or 'none of ' + str(FLAGS)}"
+
+
+def texts(n_queries: int, n_passages: int) -> tuple[list[str], list[str]]:
+    """SciFact claims and abstracts."""
+    from hub_export.data import document_text, read_jsonl
+
+    queries = [q["text"] for q in read_jsonl(DATA / "scifact" / "queries.jsonl.gz")[:n_queries]]
+    passages = [document_text(d) for d in read_jsonl(DATA / "scifact" / "corpus.jsonl.gz")[:n_passages]]
+    return queries, passages
+
+
+def start_server(model: str, quantization: str | None) -> tuple[subprocess.Popen, str]:
+    """``concat-embed serve`` on a free port; returns once it announced its address."""
+    args = [sys.executable, "-m", "hub_export", "serve", model, "--port", "0"]
+    if quantization:
+        args += ["--quantization", quantization]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    line = process.stderr.readline()
+    if not line.startswith("serving "):
+        process.kill()
+        raise RuntimeError(f"server did not start: {line}{process.stderr.read()[-2000:]}")
+    return process, line.split(" on ")[1].split()[0]
+
+
+async def drive(url: str, requests: list[dict], concurrency: int, max_seconds: float) -> tuple[list[float], int, float]:
+    """Send ``requests`` with ``concurrency`` in flight (stops after ``max_seconds``); latencies, texts, wall time."""
+    import httpx
+
+    latencies: list[float] = []
+    sent = 0
+    queue = list(reversed(requests))
+    started = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal sent
+            while queue and time.perf_counter() - started < max_seconds:
+                body = queue.pop()
+                begin = time.perf_counter()
+                reply = await client.post("/v1/embeddings", json=body)
+                reply.raise_for_status()
+                latencies.append(time.perf_counter() - begin)
+                sent += len(body["input"])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, sent, time.perf_counter() - started
+
+
+def in_process(model_dir: str, quantization: str | None, queries: list[str], passages: list[str]) -> dict[str, float]:
+    """The ceiling: batched ``encode`` throughput and single-query ``encode_query`` latency in this process."""
+    from sentence_transformers import SentenceTransformer
+
+    kwargs = {"model_kwargs": {"quantization": quantization}} if quantization else {}
+    model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu", **kwargs)
+    model.encode_query(queries[:8])
+    single = []
+    for text in queries[:50]:
+        begin = time.perf_counter()
+        model.encode_query([text])
+        single.append(time.perf_counter() - begin)
+    begin = time.perf_counter()
+    model.encode_query(queries, batch_size=64)
+    query_rate = len(queries) / (time.perf_counter() - begin)
+    begin = time.perf_counter()
+    model.encode_document(passages, batch_size=32)
+    passage_rate = len(passages) / (time.perf_counter() - begin)
+    del model
+    return {"single_p50_ms": 1000 * float(np.median(single)), "queries/s": query_rate, "passages/s": passage_rate}
+
+
+def busy_loops(n: int) -> list[subprocess.Popen]:
+    """``n`` processes that spin until killed (a busy machine)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def main() -> None:
+    """Run every cell and print one table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests per cell")
+    parser.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    parser.add_argument("--quantization", default="none,int8-dynamic", help="comma-separated: none, int8-dynamic")
+    parser.add_argument("--modes", default="idle,busy", help="idle and/or busy (two busy-loop processes)")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="upper bound per cell")
+    args = parser.parse_args()
+
+    from hub_export import demo
+
+    model_dir = args.model or str(demo.demo_model_dir())
+    n_single, n_batch = (256, 8) if args.quick else (1024, 24)
+    queries, passages = texts(n_single, 32 * n_batch)
+    query_prompt = {"input_type": "query"}
+    single = [{"input": [text], **query_prompt} for text in queries]
+    batched = [{"input": passages[i : i + 32]} for i in range(0, len(passages), 32)]
+    say(f"CPU: {cpu_line()}")
+    say(f"model: {model_dir}; {n_single} single-query requests, {n_batch} x 32-passage requests per cell")
+    say("| path | machine | requests | conc. | p50 ms | p99 ms | texts/s | x in-process |")
+    say("|---|---|---|---|---|---|---|---|")
+    for quantization in args.quantization.split(","):
+        quantization = None if quantization == "none" else quantization
+        for mode in args.modes.split(","):
+            spinners = busy_loops(2) if mode == "busy" else []
+            try:
+                ceiling = in_process(model_dir, quantization, queries, passages)
+                process, url = start_server(model_dir, quantization)
+                try:
+                    asyncio.run(drive(url, single[:16], 4, args.max_seconds))  # warm-up
+                    label = quantization or "default"
+                    say(f"| {label} | {mode} | in-process encode_query, 1 text | 1 | {ceiling['single_p50_ms']:.1f} "
+                          f"| | | |")  # fmt: skip
+                    for name, requests, rate in (
+                        ("1 query", single, ceiling["queries/s"]),
+                        ("32 passages", batched, ceiling["passages/s"]),
+                    ):
+                        for concurrency in (1, 8, 64):
+                            latencies, sent, wall = asyncio.run(drive(url, requests, concurrency, args.max_seconds))
+                            p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
+                            say(f"| {label} | {mode} | {name} | {concurrency} | {p50:.1f} | {p99:.1f} "
+                                  f"| {sent / wall:.1f} | {sent / wall / rate:.2f} |")  # fmt: skip
+                finally:
+                    process.terminate()
+                    process.wait()
+            finally:
+                for spinner in spinners:
+                    spinner.kill()
+                    spinner.wait()
+
+
+if __name__ == "__main__":
+    main()
