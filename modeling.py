@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +35,20 @@ POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_l
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
 QUANT_SCHEMES = ("int8", "int4")
 RUNTIME_QUANTIZATION = (None, "int8-dynamic")
+# Part names become folder names and Hub paths: letters, digits, "_", "-" and "." (not first).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")  # used with fullmatch
+SAFE_NAME_RULE = "1-64 letters, digits, '_', '-' or '.' ('.' not first; no '/', '|' or glob characters)"
+# Architectures whose position ids start after the padding index, so fewer tokens fit than positions.
+_LOADER_KWARGS = (
+    "model_kwargs",
+    "processor_kwargs",
+    "config_kwargs",
+    "tokenizer_kwargs",
+    "model_args",
+    "tokenizer_args",
+    "config_args",
+)
+_OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
 # On CPU a batch runs in row chunks whose widest activation stays below this many bytes, which
 # bounds activation memory and drops each chunk's trailing padding. 12 MiB (2048 tokens of a
 # 1536-wide feed-forward) was as fast as any size tried on 2 cores; glibc may still return freed
@@ -70,6 +86,9 @@ class PartSpec:
             ``{"low": float, "high": float, "dims": int}``: the first ``dims`` dimensions of this
             part (re-normalized) are stored, values clipped to ``[low, high]``. Written by
             ``concat-embed calibrate``; not used by ``encode``.
+        trust_remote_code: Whether this part's own code (``auto_map`` in its ``config.json``) may
+            run. Recorded at build time; ``trust_remote_code=True`` given to the combined model
+            does not reach parts that were not built with it.
     """
 
     name: str
@@ -84,6 +103,7 @@ class PartSpec:
     revision: str | None = None
     license: str | None = None
     quantization: dict[str, dict[str, float]] = field(default_factory=dict)
+    trust_remote_code: bool = False
 
     @property
     def output_dimension(self) -> int:
@@ -117,12 +137,10 @@ class PartSpec:
         def bad(field_name: str, expected: str) -> ValueError:
             return ValueError(f"{where}.{field_name} = {getattr(self, field_name)!r}: expected {expected}")
 
-        if not isinstance(self.name, str) or not self.name:
-            raise bad("name", "a non-empty string")
-        if not isinstance(self.subfolder, str) or not self.subfolder or Path(self.subfolder).is_absolute():
-            raise bad("subfolder", "a non-empty relative folder name")
-        if ".." in Path(self.subfolder).parts:
-            raise bad("subfolder", "a folder inside the model (no '..')")
+        if not isinstance(self.name, str) or not SAFE_NAME.fullmatch(self.name):
+            raise bad("name", SAFE_NAME_RULE)
+        if not isinstance(self.subfolder, str) or not all(SAFE_NAME.fullmatch(p) for p in self.subfolder.split("/")):
+            raise bad("subfolder", f"a relative folder inside the model whose names are {SAFE_NAME_RULE}")
         if not _is_positive_int(self.dimension):
             raise bad("dimension", "a positive integer")
         if self.pooling not in POOLING_MODES:
@@ -133,8 +151,8 @@ class PartSpec:
             isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
         ):
             raise bad("prompts", "an object mapping prompt names to prompt texts")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight > 0:
-            raise bad("weight", "a number > 0")
+        if not _is_finite_number(self.weight) or not self.weight > 0:
+            raise bad("weight", "a finite number > 0")
         if self.truncate_dim is not None and not (
             _is_positive_int(self.truncate_dim) and self.truncate_dim <= self.dimension
         ):
@@ -145,15 +163,53 @@ class PartSpec:
             if (
                 not isinstance(entry, dict)
                 or set(entry) != {"low", "high", "dims"}
-                or not all(isinstance(entry[k], (int, float)) for k in ("low", "high"))
+                or not all(_is_finite_number(entry[k]) for k in ("low", "high"))
                 or not entry["low"] < entry["high"]
                 or not (_is_positive_int(entry["dims"]) and entry["dims"] <= self.output_dimension)
             ):
-                raise bad("quantization", f"{{scheme: {{low < high, dims in [1, {self.output_dimension}]}}}}")
+                raise bad("quantization", f"{{scheme: {{finite low < high, dims in [1, {self.output_dimension}]}}}}")
+        if not isinstance(self.trust_remote_code, bool):
+            raise bad("trust_remote_code", "true or false")
 
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_json(path: str | os.PathLike, where: str | None = None) -> Any:
+    """Decode a JSON file; invalid JSON raises ``ValueError`` naming the file, line and column."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{where or path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
+
+
+def position_limit(transformer: nn.Module) -> int | None:
+    """How many tokens a part's transformer can take (its position table), or None when unbounded."""
+    config = getattr(getattr(transformer, "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not _is_positive_int(positions):
+        return None
+    if getattr(config, "model_type", None) in _OFFSET_POSITION_TYPES:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def check_token_limit(transformer: nn.Module, value: Any, where: str) -> None:
+    """Refuse a ``max_seq_length`` that is not a positive int or exceeds the part's position limit."""
+    if not _is_positive_int(value):
+        raise ValueError(f"{where}.max_seq_length = {value!r}: expected a positive integer")
+    limit = position_limit(transformer)
+    if limit is not None and value > limit:
+        raise ValueError(f"{where}.max_seq_length = {value}: exceeds the part's position limit of {limit} tokens")
 
 
 def parse_concat_config(data: Any, where: str = CONFIG_FILE) -> tuple[list[PartSpec], bool]:
@@ -351,13 +407,23 @@ def load_part(
     if modules_path is None:
         raise ValueError(f"{where}.subfolder = {spec.subfolder!r}: no modules.json found in that folder")
     modules_where = f"{subfolder}/modules.json"
-    with open(modules_path, encoding="utf-8") as handle:
-        modules_config = json.load(handle)
+    modules_config = read_json(modules_path, modules_where)
+    if not isinstance(modules_config, list) or not all(isinstance(entry, dict) for entry in modules_config):
+        raise ValueError(f"{modules_where}: expected a list of module objects")
+    # A part runs its own code only when it was built so: the combined model's trust_remote_code
+    # (also inside model/processor/config kwargs) is replaced by the part's recorded choice.
+    transformer_kwargs = {
+        key: {k: v for k, v in value.items() if k != "trust_remote_code"} if key in _LOADER_KWARGS and value else value
+        for key, value in module_kwargs.items()
+    } | {"trust_remote_code": spec.trust_remote_code}
     modules = []
     for entry in modules_config:
         module_class = _st_module_class(entry.get("type", ""), modules_where)
-        module_subfolder = Path(subfolder, entry.get("path", "")).as_posix()
-        kwargs = module_kwargs if module_class.__name__ == "Transformer" else {}
+        module_path = entry.get("path", "")
+        if not isinstance(module_path, str) or not all(SAFE_NAME.fullmatch(p) for p in module_path.split("/") if p):
+            raise ValueError(f"{modules_where}: path {module_path!r} must be a folder inside the part")
+        module_subfolder = Path(subfolder, module_path).as_posix()
+        kwargs = transformer_kwargs if module_class.__name__ == "Transformer" else {}
         modules.append(module_class.load(model_name_or_path, subfolder=module_subfolder, **hub_kwargs, **kwargs))
     names = [type(module).__name__ for module in modules]
     if len(names) < 3 or names[0] != "Transformer" or names[1] != "Pooling" or names[-1] != "Normalize":
@@ -371,6 +437,7 @@ def load_part(
     if dimension != spec.dimension:
         raise ValueError(f"{where}.dimension = {spec.dimension} but the model in {subfolder!r} outputs {dimension}")
     if spec.max_seq_length is not None:
+        check_token_limit(modules[0], spec.max_seq_length, where)
         modules[0].max_seq_length = spec.max_seq_length
     return nn.Sequential(*modules)
 
@@ -419,6 +486,8 @@ class ConcatEmbedding(InputModule):
         )
         if len(pipelines) != len(specs):
             raise ValueError(f"ConcatEmbedding: got {len(pipelines)} pipelines for {len(specs)} parts")
+        for spec, pipeline in zip(specs, pipelines):
+            check_token_limit(pipeline[0], pipeline[0].max_seq_length, f"part {spec.name!r}")
         self.pipelines = nn.ModuleList(pipelines)
         self.specs = specs
         self.normalize_output = normalize_output
@@ -453,6 +522,8 @@ class ConcatEmbedding(InputModule):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
+        for spec, pipeline in zip(self.specs, self.pipelines):
+            check_token_limit(pipeline[0], value, f"part {spec.name!r}")
         for pipeline in self.pipelines:
             pipeline[0].max_seq_length = value
 
@@ -640,10 +711,10 @@ class ConcatEmbedding(InputModule):
             "local_files_only": local_files_only,
         }
         where = Path(subfolder, CONFIG_FILE).as_posix()
-        config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub_kwargs)
-        if not config:
+        config_path = cls.load_file_path(model_name_or_path, CONFIG_FILE, subfolder=subfolder, **hub_kwargs)
+        if config_path is None:
             raise ValueError(f"{where}: not found in {model_name_or_path!r}")
-        specs, normalize_output = parse_concat_config(config, where)
+        specs, normalize_output = parse_concat_config(read_json(config_path, where), where)
         st_config_path = cls.load_file_path(
             model_name_or_path, "config_sentence_transformers.json", subfolder=subfolder, **hub_kwargs
         )
@@ -670,8 +741,9 @@ class ConcatEmbedding(InputModule):
         if quantization == "int8-dynamic":
             module.quantize_int8()
         if st_config_path is not None:  # until on_model_ready (sentence-transformers >= 6) hands over the live ones
-            with open(st_config_path, encoding="utf-8") as handle:
-                module.model_prompts = dict(json.load(handle).get("prompts") or {})
+            st_config = read_json(st_config_path, "config_sentence_transformers.json")
+            prompts = st_config.get("prompts") if isinstance(st_config, dict) else None
+            module.model_prompts = dict(prompts) if isinstance(prompts, dict) else {}
         return module
 
 

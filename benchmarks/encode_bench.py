@@ -54,7 +54,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 def text_sets(quick: bool) -> dict[str, list[str]]:
     """Passages, sentences and queries from the shared data."""
-    from hub_export.evaluation import document_text, load_sts, read_jsonl
+    from hub_export.data import document_text, load_sts, read_jsonl
 
     n_passages, n_short = (64, 256) if quick else (512, 2048)
     corpus = read_jsonl(DATA / "scifact" / "corpus.jsonl.gz")[:n_passages]
@@ -177,7 +177,8 @@ def serve(config: str, device: str, quick: bool) -> None:
     import torch
     import transformers  # noqa: F401
 
-    from hub_export.evaluation import cosine_rows, load_sts
+    from hub_export.data import load_sts
+    from hub_export.evaluation import cosine_rows
 
     def answer(data: dict) -> None:
         sys.stdout.write(ANSWER + json.dumps(data) + "\n")

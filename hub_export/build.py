@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,16 @@ import transformers
 
 from hub_export.card import write_card
 from hub_export.hub import resolve_source
-from hub_export.modeling import ConcatEmbedding, PartSpec, embedding_dimension_of, pooling_mode_of
+from hub_export.modeling import (
+    SAFE_NAME,
+    SAFE_NAME_RULE,
+    ConcatEmbedding,
+    PartSpec,
+    check_token_limit,
+    embedding_dimension_of,
+    pooling_mode_of,
+)
+from hub_export.outdir import check_output, commit_output, discard, staging_folder
 from hub_export.sources import load_source
 
 logger = logging.getLogger(__name__)
@@ -35,6 +45,7 @@ class PartOptions:
     weight: float = 1.0
     truncate_dim: int | None = None
     prompts: dict[str, str] = field(default_factory=dict)
+    trust_remote_code: bool = False
 
 
 def build_model(
@@ -50,7 +61,8 @@ def build_model(
 
     Args:
         parts: The parts, in concatenation order (at least two).
-        output_dir: The folder to write; existing model files in it are replaced.
+        output_dir: The folder to write: new, empty, or a previous build of this tool (whose files
+            are then replaced by exactly the new model's files, once the new model is complete).
         prompts: Model-wide prompts; ``query`` and ``document`` default to ``""``.
         normalize_output: L2-normalize the concatenated vector.
         token: Hub token for private parts (else ``HF_TOKEN`` / the stored login).
@@ -61,16 +73,22 @@ def build_model(
         The output folder.
 
     Raises:
-        ValueError: On fewer than two parts, duplicate names, or any invalid part setting.
+        ValueError: On fewer than two parts, duplicate or unsafe names, any invalid part setting,
+            or an output folder that holds other files or overlaps a source.
     """
     if len(parts) < 2:
         raise ValueError(f"a combined model needs at least 2 parts, got {len(parts)}")
     prompts = {"query": "", "document": ""} | (prompts or {})
+    check_part_options(parts, prompts)
+    local_sources = [Path(o.source).expanduser() for o in parts if Path(o.source).expanduser().exists()]
+    output_dir = check_output(output_dir, local_sources)
     pipelines, specs = [], []
     for options in parts:
         resolved = resolve_source(options.source, token=token, cache_dir=cache_dir, allow_pickle=allow_pickle)
-        pipeline = load_source(resolved.path, options.pooling)
+        check_output(output_dir, [resolved.path])
+        pipeline = load_source(resolved.path, options.pooling, trust_remote_code=options.trust_remote_code)
         if options.max_seq_length is not None:
+            check_token_limit(pipeline[0], options.max_seq_length, f"--max-seq-length {options.name}")
             pipeline[0].max_seq_length = options.max_seq_length
         specs.append(
             PartSpec(
@@ -85,12 +103,40 @@ def build_model(
                 source=resolved.source,
                 revision=resolved.revision,
                 license=resolved.license,
+                trust_remote_code=options.trust_remote_code,
             )
         )
         pipelines.append(pipeline)
     concat = ConcatEmbedding(pipelines, specs, normalize_output=normalize_output)
     concat.model_prompts = prompts
-    return write_model_folder(concat, prompts, output_dir)
+    staging = staging_folder(output_dir)
+    try:
+        write_model_folder(concat, prompts, staging, name=output_dir.name)
+    except BaseException:
+        discard(staging)
+        raise
+    return commit_output(staging, output_dir)
+
+
+def check_part_options(parts: list[PartOptions], prompts: dict[str, str]) -> None:
+    """Refuse unsafe or duplicate part names, non-finite weights and per-part prompts for unknown prompt names.
+
+    Raises:
+        ValueError: Naming the part, the option and the valid choices.
+    """
+    names = [options.name for options in parts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"part names must be unique, got {names}")
+    for options in parts:
+        if not isinstance(options.name, str) or not SAFE_NAME.fullmatch(options.name):
+            raise ValueError(f"part name {options.name!r} is not allowed: use {SAFE_NAME_RULE}")
+        if not math.isfinite(options.weight) or options.weight <= 0:
+            raise ValueError(f"--weight {options.name}={options.weight}: expected a finite number > 0")
+        if unknown := sorted(set(options.prompts) - set(prompts)):
+            raise ValueError(
+                f"--part-prompt {options.name}.{unknown[0]}: unknown prompt name {unknown[0]!r}; "
+                f"valid prompt names: {sorted(prompts)} (add others with --prompt NAME=TEXT)"
+            )
 
 
 def supports_auto_model(concat: ConcatEmbedding) -> bool:
@@ -98,7 +144,9 @@ def supports_auto_model(concat: ConcatEmbedding) -> bool:
     return concat.shares_tokenizer and not any(spec.prompts for spec in concat.specs)
 
 
-def write_model_folder(concat: ConcatEmbedding, prompts: dict[str, str], output_dir: str | Path) -> Path:
+def write_model_folder(
+    concat: ConcatEmbedding, prompts: dict[str, str], output_dir: str | Path, name: str | None = None
+) -> Path:
     """Write ``concat`` with the root files that make it a sentence-transformers model.
 
     Root: ``modules.json`` (from the repository template), ``modeling.py`` (copied),
@@ -107,10 +155,6 @@ def write_model_folder(concat: ConcatEmbedding, prompts: dict[str, str], output_
     ``AutoModel`` / ``AutoTokenizer``.
     """
     output_dir = Path(output_dir)
-    for spec in concat.specs:
-        shutil.rmtree(output_dir / spec.subfolder, ignore_errors=True)
-    for stale in ("config.json", "verification.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        (output_dir / stale).unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     concat.save(str(output_dir))
     shutil.copyfile(MODULES_TEMPLATE, output_dir / "modules.json")
@@ -133,6 +177,6 @@ def write_model_folder(concat: ConcatEmbedding, prompts: dict[str, str], output_
             "hidden_size": concat.get_embedding_dimension(),
         }
         (output_dir / "config.json").write_text(json.dumps(auto_config, indent=2) + "\n")
-    write_card(output_dir)
+    write_card(output_dir, name)
     logger.info("Wrote %s (%d parts, %d dims)", output_dir, len(concat.specs), concat.get_embedding_dimension())
     return output_dir

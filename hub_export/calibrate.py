@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from hub_export.evaluation import read_corpus_texts
-from hub_export.modeling import CONFIG_FILE
+from hub_export.data import read_corpus_texts
+from hub_export.modeling import CONFIG_FILE, read_json
 from hub_export.quantize import calibrate
 
 logger = logging.getLogger(__name__)
@@ -23,12 +23,15 @@ def calibrate_folder(
     """
     from sentence_transformers import SentenceTransformer
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit = {limit!r}: expected a positive integer or None (all texts)")
     model_dir = Path(model_dir)
+    texts = read_corpus_texts(corpus, limit)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
-    embeddings = model.encode_document(read_corpus_texts(corpus, limit))
+    embeddings = model.encode_document(texts)
     result = calibrate(embeddings, model[0].specs, dims)
     config_path = model_dir / CONFIG_FILE
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path)
     for part in config["parts"]:
         part["quantization"] = result[part["name"]]
     config_path.write_text(json.dumps(config, indent=4) + "\n")

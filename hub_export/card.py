@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from hub_export.modeling import read_json
 
 CARD_TEMPLATE = """---
 {metadata}
@@ -17,8 +18,8 @@ the parts are concatenated into one **{dimension}-dimensional** vector{norm_note
 
 ## Parts
 
-| part | source | revision | dims | pooling | max tokens | weight | truncate | prompts |
-|---|---|---|---|---|---|---|---|---|
+| part | source | revision | dims | pooling | max tokens | weight | truncate | prompts | runs own code |
+|---|---|---|---|---|---|---|---|---|---|
 {part_rows}
 
 Model-wide prompts: {prompts}
@@ -91,7 +92,12 @@ NO_AUTO_MODEL = (
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
+
+
+def diff_cell(diff: object) -> str:
+    """A recorded verification difference as printed in the report and the card (a number or ``non-finite``)."""
+    return f"{diff:.2e}" if isinstance(diff, (int, float)) else str(diff)
 
 
 def _yaml_list(key: str, values: list[str]) -> str:
@@ -103,7 +109,7 @@ def _yaml_list(key: str, values: list[str]) -> str:
 def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
     """Render the model card of ``model_dir`` from its configuration and verification files."""
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "concat_config.json").read_text())
+    config = read_json(model_dir / "concat_config.json")
     st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
     verification = _read_json(model_dir / "verification.json")
     parts = config["parts"]
@@ -123,7 +129,8 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
         own_prompts = ", ".join(f"{k}={v!r}" for k, v in p["prompts"].items()) or "model-wide"
         rows.append(
             f"| {p['name']} | {p['source'] or ''} | {(p.get('revision') or 'local')[:12]} | {p['dimension']} | "
-            f"{p['pooling']} | {p['max_seq_length']} | {p['weight']} | {p['truncate_dim'] or '-'} | {own_prompts} |"
+            f"{p['pooling']} | {p['max_seq_length']} | {p['weight']} | {p['truncate_dim'] or '-'} | {own_prompts} | "
+            f"{'yes (trust_remote_code)' if p.get('trust_remote_code') else 'no'} |"
         )
         if p.get("license"):
             rows[-1] = rows[-1].replace(f"| {p['source']} |", f"| {p['source']} ({p['license']}) |", 1)
@@ -138,7 +145,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
             "| check | max abs diff |",
             "|---|---|",
         ]
-        lines += [f"| {name} | {diff:.2e} |" for name, diff in verification["max_abs_diff"].items()]
+        lines += [f"| {name} | {diff_cell(diff)} |" for name, diff in verification["max_abs_diff"].items()]
         verification_text = "\n".join(lines)
     query_prompt = prompts.get("query", "")
     shaping = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -39,11 +41,40 @@ def per_part(
     return result
 
 
+class OptionError(argparse.ArgumentTypeError, ValueError):
+    """A bad option value: argparse prints its message, and callers may catch it as a ValueError."""
+
+
 def positive_int(raw: str) -> int:
     """An integer > 0."""
-    value = int(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise ValueError(f"expected a positive integer, got {raw!r}")
+        raise OptionError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def limit_int(raw: str) -> int | None:
+    """A sample size: an integer >= 0, where 0 means no limit (None)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise OptionError(f"expected an integer >= 0 (0 = no limit), got {raw!r}")
+    return value or None
+
+
+def positive_float(raw: str) -> float:
+    """A finite number > 0 (``inf``, ``nan`` and ``1e309`` are refused)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise OptionError(f"expected a finite number > 0, got {raw!r}")
     return value
 
 
@@ -55,7 +86,7 @@ def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
         raise ValueError(f"--part names must be unique, got {names}")
     pooling = per_part(args.pooling, "--pooling", names, str)
     max_len = per_part(args.max_seq_length, "--max-seq-length", names, positive_int)
-    weights = per_part(args.weight, "--weight", names, float)
+    weights = per_part(args.weight, "--weight", names, positive_float)
     truncate = per_part(args.truncate_dim, "--truncate-dim", names, positive_int)
     part_prompts: dict[str, dict[str, str]] = {}
     for value in args.part_prompt or []:
@@ -64,6 +95,9 @@ def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
         if name not in names or not prompt_name:
             raise ValueError(f"--part-prompt {value!r}: expected PART.PROMPT_NAME=TEXT with PART in {names}")
         part_prompts.setdefault(name, {})[prompt_name] = text
+    trusted = per_part(
+        [f"{name}=" for name in args.part_trust_remote_code or []], "--part-trust-remote-code", names, str
+    )
     return [
         PartOptions(
             name=name,
@@ -73,6 +107,7 @@ def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
             weight=weights.get(name, 1.0),
             truncate_dim=truncate.get(name),
             prompts=part_prompts.get(name, {}),
+            trust_remote_code=name in trusted,
         )
         for name, source in sources
     ]
@@ -108,9 +143,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push a verified model folder to the Hub in one commit (or list what would be pushed)."""
+    from hub_export.hub import check_repo_id
     from hub_export.push import dry_run_listing, push_model
 
     if args.dry_run:
+        check_repo_id(args.repo_id)
         sys.stdout.write(dry_run_listing(args.model_dir, args.allow_pickle) + "\n")
         return 0
     url = push_model(
@@ -130,8 +167,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Store per-part int8/int4 ranges from a calibration corpus in concat_config.json."""
     from hub_export.calibrate import calibrate_folder
 
-    dims = dict(split_assignment(value, "--dims") for value in args.dims or [])
-    result = calibrate_folder(args.model_dir, args.corpus, args.limit, {k: positive_int(v) for k, v in dims.items()})
+    dims = {}
+    for value in args.dims or []:
+        name, raw = split_assignment(value, "--dims")
+        try:
+            dims[name] = positive_int(raw)
+        except ValueError as error:
+            raise ValueError(f"--dims {value!r}: {error}") from None
+    result = calibrate_folder(args.model_dir, args.corpus, args.limit, dims)
     for name, schemes in result.items():
         for scheme, entry in schemes.items():
             sys.stdout.write(
@@ -151,8 +194,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
     from sentence_transformers import SentenceTransformer
 
+    from hub_export.devices import check_devices
     from hub_export.evaluation import evaluate_model, format_table
 
+    check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
     rows = evaluate_model(model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size)
     sys.stdout.write(format_table(rows) + "\n")
@@ -200,6 +245,43 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def announce(model: str, url: str, engine: str) -> None:
+    """The one line ``serve`` prints on stderr once it answers requests."""
+    sys.stderr.write(f"serving {model} on {url} ({engine} engine; OpenAI /v1/embeddings, TEI /embed)\n")
+    sys.stderr.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP (OpenAI- and TEI-compatible) until interrupted."""
+    from hub_export.embed import EmbedJob
+    from hub_export.server import API_KEY_ENV
+
+    if args.engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {args.engine!r}; valid: ['local', 'ray']")
+    EmbedJob.check_quantization(args.quantization)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    limits = {"max_batch_tokens": args.max_batch_tokens, "max_client_batch": args.max_client_batch,
+              "max_queue_texts": args.max_queue_texts}  # fmt: skip
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "serving on %s: reachable from other machines%s", args.host, "" if api_key else " without an API key"
+        )
+    if args.engine == "ray":
+        from hub_export.ray_serve import ray_application, run_ray
+
+        app = ray_application(args.model, args.quantization, limits, api_key, args.replicas, args.max_replicas)
+        url = f"http://{args.host}:{args.port}"
+        run_ray(app, args.host, args.port, args.ray_address, ready=lambda: announce(args.model, url, "ray"))
+        return 0
+    from hub_export.server import bound_socket, create_app, load_embedder, run_local
+
+    sock = bound_socket(args.host, args.port)  # bind first: a busy port fails before the model loads
+    embedder = load_embedder(args.model, args.quantization, **limits)
+    announce(args.model, f"http://{args.host}:{sock.getsockname()[1]}", "local")
+    run_local(create_app(embedder, api_key=api_key), sock)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or reuse) the embedded demo model and run a small semantic search."""
     from hub_export.demo import run_demo
@@ -215,29 +297,62 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="build a combined model folder from parts")
-    build.add_argument("--part", action="append", required=True, metavar="NAME=SRC", help="part source, in order")
+    build.add_argument(
+        "--part",
+        action="append",
+        required=True,
+        metavar="NAME=SRC",
+        help="part name and source (a local folder or org/name[@revision]), in order",
+    )
     build.add_argument("--pooling", action="append", metavar="NAME=MODE", help="pooling of a plain transformers part")
     build.add_argument("--prompt", action="append", metavar="NAME=TEXT", help="model-wide prompt, e.g. query=...")
-    build.add_argument("--part-prompt", action="append", metavar="PART.NAME=TEXT", help="per-part prompt override")
-    build.add_argument("--max-seq-length", action="append", metavar="NAME=N")
-    build.add_argument("--weight", action="append", metavar="NAME=W")
-    build.add_argument("--truncate-dim", action="append", metavar="NAME=K")
+    build.add_argument(
+        "--part-prompt",
+        action="append",
+        metavar="PART.NAME=TEXT",
+        help="a part's own text for a model-wide prompt name (query, document or a --prompt name)",
+    )
+    build.add_argument(
+        "--max-seq-length",
+        action="append",
+        metavar="NAME=N",
+        help="token limit of a part (at most its position limit); longer texts are truncated",
+    )
+    build.add_argument(
+        "--weight", action="append", metavar="NAME=W", help="finite factor > 0 on a part's unit vector (default 1)"
+    )
+    build.add_argument(
+        "--truncate-dim",
+        action="append",
+        metavar="NAME=K",
+        help="keep the first K dims of a part, then re-normalize (Matryoshka)",
+    )
+    build.add_argument(
+        "--part-trust-remote-code",
+        action="append",
+        metavar="NAME",
+        help="let this part's own code (auto_map) run; recorded in concat_config.json and the card",
+    )
     build.add_argument("--normalize-output", action="store_true", help="L2-normalize the concatenation")
-    build.add_argument("--out", required=True, help="output folder")
+    build.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty, or a previous build (replaced only by a complete new model)",
+    )
     build.add_argument("--token", default=None, help="Hub token for private parts (default: HF_TOKEN / login)")
     build.add_argument("--cache-dir", default=None, help="Hub cache folder for downloaded parts")
     build.add_argument("--allow-pickle", action="store_true", help="accept parts with pickle weights")
     build.set_defaults(func=cmd_build)
 
     verify = sub.add_parser("verify", help="check a model folder against its parts, in a fresh process")
-    verify.add_argument("model_dir")
-    verify.add_argument("--tolerance", type=float, default=1e-5)
+    verify.add_argument("model_dir", help="combined model folder")
+    verify.add_argument("--tolerance", type=positive_float, default=1e-5, help="max |difference| allowed")
     verify.set_defaults(func=cmd_verify)
 
     push = sub.add_parser("push", help="publish a verified model folder to the Hub in one commit")
-    push.add_argument("model_dir")
+    push.add_argument("model_dir", help="combined model folder (verified; only its model files are sent)")
     push.add_argument("--repo-id", required=True, help="org/name")
-    push.add_argument("--private", action="store_true")
+    push.add_argument("--private", action="store_true", help="create the repo as private (if it does not exist)")
     push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / login)")
     push.add_argument("--dry-run", action="store_true", help="list the files and sizes; no network")
@@ -246,9 +361,9 @@ def make_parser() -> argparse.ArgumentParser:
     push.set_defaults(func=cmd_push)
 
     calibrate = sub.add_parser("calibrate", help="store per-part int8/int4 quantization ranges")
-    calibrate.add_argument("model_dir")
+    calibrate.add_argument("model_dir", help="combined model folder")
     calibrate.add_argument("--corpus", required=True, help=".jsonl[.gz] with text (and title), or a text file")
-    calibrate.add_argument("--limit", type=int, default=2000, help="calibration sample size")
+    calibrate.add_argument("--limit", type=limit_int, default=2000, help="calibration sample size (0 = all)")
     calibrate.add_argument("--dims", action="append", metavar="NAME=K", help="store only the first K dims of a part")
     calibrate.set_defaults(func=cmd_calibrate)
 
@@ -256,18 +371,20 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="combined model folder or Hub id")
     evaluate.add_argument("--sts", help="STS-B style .tsv[.gz]")
     evaluate.add_argument("--beir", help="BEIR folder")
-    evaluate.add_argument("--limit", type=int, default=None, help="subsample (STS pairs, BEIR queries)")
-    evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument(
+        "--limit", type=limit_int, default=None, help="subsample: STS pairs and BEIR queries (0 or unset = all)"
+    )
+    evaluate.add_argument("--batch-size", type=positive_int, default=32)
+    evaluate.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the best available)")
     evaluate.add_argument("--json", help="also write the rows to this JSON file")
     evaluate.set_defaults(func=cmd_eval)
 
     compare = sub.add_parser("compare", help="similarity of embedding models (CKA, Jaccard@k) and concat gains")
     compare.add_argument("models", nargs="+", help="two or more sentence-transformers models")
     compare.add_argument("--beir", required=True, help="BEIR folder with the corpus, queries and qrels")
-    compare.add_argument("--max-queries", type=int, default=100)
-    compare.add_argument("--max-docs", type=int, default=1000)
-    compare.add_argument("--k", type=int, default=10)
+    compare.add_argument("--max-queries", type=limit_int, default=100, help="queries to use (0 = all)")
+    compare.add_argument("--max-docs", type=limit_int, default=1000, help="documents to use (0 = all)")
+    compare.add_argument("--k", type=positive_int, default=10, help="depth of the retrieval overlap")
     compare.add_argument("--png", default="compare.png", help="heat map output")
     compare.add_argument("--json", help="also write the result to this JSON file")
     compare.add_argument("--trust-remote-code", action="store_true")
@@ -279,27 +396,78 @@ def make_parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
     embed.add_argument("--id-field", default="_id")
     embed.add_argument("--text-fields", default="title,text", help="comma-separated, joined with a space")
-    embed.add_argument("--shard-size", type=int, default=10_000)
+    embed.add_argument("--shard-size", type=positive_int, default=10_000, help="records per Parquet file")
     embed.add_argument("--dtype", default="float32", help="float32, float16 or int8 (needs `calibrate`)")
-    embed.add_argument("--prompt-name", default="document")
-    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--prompt-name", default="document", help="the model's prompt name for the texts")
+    embed.add_argument("--batch-size", type=positive_int, default=32)
     embed.add_argument("--revision", default=None, help="model revision (Hub ids)")
     embed.add_argument("--engine", default="local", help="local or ray")
     embed.add_argument("--devices", default=None, help="local multi-process pool, e.g. cpu,cpu or cuda:0,cuda:1")
     embed.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
-    embed.add_argument("--ray-workers", type=int, default=1, help="Ray actors embedding in parallel")
+    embed.add_argument("--ray-workers", type=positive_int, default=1, help="Ray actors embedding in parallel")
     embed.add_argument(
         "--quantization", default=None, help="int8-dynamic: the CPU int8 fast path (vectors move slightly)"
     )
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=cmd_embed)
 
+    serve = sub.add_parser(
+        "serve", help="serve a model over HTTP: OpenAI /v1/embeddings and TEI /embed, /info, /metrics"
+    )
+    serve.add_argument("model", help="combined model folder or Hub id (any sentence-transformers model works)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
+    serve.add_argument("--quantization", default=None, help="int8-dynamic: the CPU int8 fast path")
+    serve.add_argument("--max-batch-tokens", type=positive_int, default=16384, help="padded tokens per model batch")
+    serve.add_argument("--max-client-batch", type=positive_int, default=2048, help="texts per request (more: 413)")
+    serve.add_argument(
+        "--max-queue-texts",
+        type=positive_int,
+        default=8192,
+        help="texts waiting for the model (more: 503 with Retry-After)",
+    )
+    serve.add_argument(
+        "--api-key", default=None, help=f"require Authorization: Bearer KEY (default: ${{{'CONCAT_EMBED_API_KEY'}}})"
+    )
+    serve.add_argument("--engine", default="local", help="local (one process) or ray (Ray Serve replicas)")
+    serve.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (engine ray)")
+    serve.add_argument("--max-replicas", type=positive_int, default=None, help="autoscale up to this many (engine ray)")
+    serve.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+    serve.set_defaults(func=cmd_serve)
+
     demo = sub.add_parser("demo", help="build the demo model from the PyPI-shipped MiniLM models and search")
     demo.add_argument("--cache-dir", default=None, help="where the built demo model is cached")
     demo.add_argument("--rebuild", action="store_true", help="rebuild even if a cached model exists")
-    demo.add_argument("--top-k", type=int, default=2)
+    demo.add_argument("--top-k", type=positive_int, default=2)
     demo.set_defaults(func=cmd_demo)
-    return parser
+    return parser  # fmt: skip
+
+
+def work_errors() -> tuple[type[BaseException], ...]:
+    """Errors of failed work (I/O, network, Hub, corrupt archives) that end a command with exit 1."""
+    import importlib
+    import zlib
+
+    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error, RuntimeError]
+    for client in ("httpx2", "httpx", "requests"):  # the HTTP client under huggingface_hub, by version
+        try:
+            errors.append(importlib.import_module(client).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failed command: the error, with advice when the Hub could not be reached."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    names = {cls.__name__ for cls in type(error).__mro__}
+    if names & {"ConnectError", "ConnectTimeout", "ConnectionError", "LocalEntryNotFoundError", "TransportError"}:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        text = (
+            f"cannot reach the Hub at {endpoint} ({type(error).__name__}: {text[:300]}); "
+            "check HF_ENDPOINT and the network, or set HF_HUB_OFFLINE=1 to use cached files"
+        )
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,11 +475,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:
+    if not args.verbose:  # no library chatter: load reports, weight-loading bars
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     try:
         return args.func(args)
-    except (ValueError, OSError) as error:
-        parser.exit(2, f"concat-embed {args.command}: error: {error}\n")
+    except ValueError as error:  # bad input: usage
+        parser.exit(2, f"concat-embed {args.command}: error: {describe(error)}\n")
+    except work_errors() as error:  # the work failed
+        parser.exit(1, f"concat-embed {args.command}: error: {describe(error)}\n")

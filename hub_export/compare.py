@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from hub_export.evaluation import document_text, load_beir, retrieval_metrics, unit_rows
+from hub_export.data import document_text, load_beir
+from hub_export.evaluation import retrieval_metrics, unit_rows
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -69,6 +70,8 @@ def compare_models(
 
     if len(model_paths) < 2:
         raise ValueError(f"compare needs at least 2 models, got {len(model_paths)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k = {k!r}: expected a positive integer (the retrieval depth)")
     corpus, queries, qrels = load_beir(beir, max_queries=max_queries, max_docs=max_docs)
     doc_ids, query_ids = list(corpus), list(queries)
     docs, scores, ndcg = [], [], []

@@ -13,15 +13,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hub_export.evaluation import open_text
-from hub_export.modeling import RUNTIME_QUANTIZATION
+from hub_export.data import INVALID, count_records, iter_records
+from hub_export.devices import check_devices
+from hub_export.files import file_sha256
+from hub_export.modeling import RUNTIME_QUANTIZATION, read_json
 
 if TYPE_CHECKING:
     from hub_export.quantize import PartLayout
@@ -30,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "int8")
 ENGINES = ("local", "ray")
+LOCK_FILE = ".embed.lock"
+REJECTED_TMP = "rejected.jsonl.tmp"
+# Test hook: the process kills itself (SIGKILL) once this many shards were renamed into place, so a
+# test interrupts a run at a deterministic point instead of racing a clock.
+CRASH_AFTER_SHARDS_ENV = "CONCAT_EMBED_TEST_CRASH_AFTER_SHARDS"
 
 
 @dataclass
@@ -52,56 +62,94 @@ class EmbedJob:
     ray_workers: int = 1
     quantization: str | None = None
 
+    @staticmethod
+    def check_quantization(quantization: str | None) -> None:
+        """Refuse a runtime quantization the model cannot load with, listing the valid ones."""
+        if quantization not in RUNTIME_QUANTIZATION:
+            raise ValueError(f"unknown quantization {quantization!r}; valid: {list(RUNTIME_QUANTIZATION)}")
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid choices for every bad setting."""
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {list(DTYPES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {list(ENGINES)}")
-        if self.quantization not in RUNTIME_QUANTIZATION:
-            raise ValueError(f"unknown quantization {self.quantization!r}; valid: {list(RUNTIME_QUANTIZATION)}")
-        if self.shard_size <= 0 or self.batch_size <= 0 or self.ray_workers <= 0:
-            raise ValueError("shard_size, batch_size and ray_workers must be positive")
-        if not self.text_fields:
-            raise ValueError("text_fields must name at least one field")
+        self.check_quantization(self.quantization)
+        for name in ("shard_size", "batch_size", "ray_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} = {value!r}: expected a positive integer")
+        if not self.id_field or not self.text_fields or not all(self.text_fields):
+            raise ValueError("id_field and text_fields must name fields (e.g. --id-field _id --text-fields title,text)")
         if not Path(self.input).is_file():
             raise ValueError(f"input {self.input!r} is not a file")
         if not self.input.endswith((".jsonl", ".jsonl.gz", ".parquet")):
             raise ValueError(f"input {self.input!r}: expected .jsonl, .jsonl.gz or .parquet")
+        if Path(self.output).exists() and not Path(self.output).is_dir():
+            raise ValueError(f"output {self.output!r} is a file; give a folder")
+        check_devices(self.devices)
 
-    def manifest(self, dimension: int, model_revision: str) -> dict[str, Any]:
-        """The settings a resumed run must share with the run that started the output."""
+    def manifest(self, dimension: int, model_revision: str, source: dict[str, Any]) -> dict[str, Any]:
+        """The settings and input identity a resumed run must share with the run that started the output."""
         keys = ("model", "input", "id_field", "text_fields", "shard_size", "dtype", "prompt_name", "quantization")
-        return {key: asdict(self)[key] for key in keys} | {"dimension": dimension, "model_revision": model_revision}
+        return {key: asdict(self)[key] for key in keys} | {
+            "dimension": dimension,
+            "model_revision": model_revision,
+            "input_size": source["size"],
+            "input_sha256": source["sha256"],
+        }
 
 
-def iter_records(path: str | Path) -> Iterator[Any]:
-    """Records of a JSON-lines (optionally gzipped) or Parquet file, in order."""
-    path = str(path)
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches():
-            yield from batch.to_pylist()
-        return
-    with open_text(path) as handle:
-        for line_number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield {"__invalid__": f"line {line_number}: invalid JSON ({error.msg})"}
+def input_identity(path: str | Path) -> dict[str, Any]:
+    """Size and streamed sha256 of an input file: what a resumed run must find unchanged."""
+    return {"size": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
-def count_records(path: str | Path) -> int:
-    """Number of records (non-empty lines, or Parquet rows), for the progress bar's ETA."""
-    path = str(path)
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+def check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to resume an output folder whose ``manifest.json`` differs from this run's.
 
-        return pq.ParquetFile(path).metadata.num_rows
-    with open_text(path) as handle:
-        return sum(1 for line in handle if line.strip())
+    Raises:
+        ValueError: Saying whether the input file changed or which settings differ.
+    """
+    previous = read_json(path)
+    if not isinstance(previous, dict):
+        raise ValueError(f"{path}: expected a JSON object; use a new --output")
+    if previous.get("input_sha256") is None:
+        raise ValueError(
+            f"{path.parent} was started without pinning its input (an older concat-embed); use a new --output"
+        )
+    if (previous.get("input_size"), previous["input_sha256"]) != (manifest["input_size"], manifest["input_sha256"]):
+        raise ValueError(
+            f"{path.parent}: the input {manifest['input']} changed since this output was started "
+            f"(size {previous.get('input_size')} -> {manifest['input_size']} bytes, sha256 "
+            f"{str(previous['input_sha256'])[:12]}... -> {manifest['input_sha256'][:12]}...); "
+            "resuming would mix old and new records: use a new --output"
+        )
+    if diff := {k: (previous.get(k), v) for k, v in manifest.items() if previous.get(k) != v}:
+        raise ValueError(f"{path.parent} was started with other settings {diff} (old, new); use a new --output")
+
+
+@contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``output`` for one run; a second run into the same folder is refused.
+
+    The lock (``flock`` on ``.embed.lock``) is released by the system when the process ends,
+    even when it is killed, so a resumed run is never blocked by a crashed one.
+    """
+    import fcntl
+
+    handle = open(output / LOCK_FILE, "a+")  # noqa: SIM115 - closed below
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"another `concat-embed embed` run is writing to {output} (it holds {output / LOCK_FILE}); "
+                "wait for it to finish or use another --output"
+            ) from None
+        yield
+    finally:
+        handle.close()
 
 
 def check_record(record: Any, id_field: str, text_fields: Sequence[str]) -> tuple[str | None, str | None, str | None]:
@@ -112,14 +160,16 @@ def check_record(record: Any, id_field: str, text_fields: Sequence[str]) -> tupl
     """
     if not isinstance(record, dict):
         return None, None, f"record is {type(record).__name__}, not an object"
-    if "__invalid__" in record:
-        return None, None, record["__invalid__"]
+    if INVALID in record:
+        return None, None, record[INVALID]
     raw_id = record.get(id_field)
     if raw_id is None:
         return None, None, f"missing id field {id_field!r}"
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         return None, None, f"id field {id_field!r} is {type(raw_id).__name__}, expected str"
     record_id = str(raw_id)
+    if not record_id.strip():
+        return None, None, f"id field {id_field!r} is empty"
     present = [name for name in text_fields if record.get(name) is not None]
     if not present:
         return record_id, None, f"missing text fields {list(text_fields)}"
@@ -270,11 +320,17 @@ def _ray_shard_encoder(job: EmbedJob) -> Callable[[list[str]], np.ndarray]:
 def run_embed(job: EmbedJob, progress: bool = True) -> dict[str, Any]:
     """Embed ``job.input`` into ``job.output``; resume if the output already holds finished shards.
 
+    Everything is validated before anything is written: the settings, the devices, the prompt
+    name, a previous run's ``manifest.json`` (settings and the input's size + sha256 must be
+    unchanged) and the lock that keeps a second run out of the folder. The manifest is written
+    with the first shard; a run in which every record is rejected is an error and leaves nothing.
+
     Returns:
         Counts: ``{"shards", "written", "skipped", "embedded", "rejected", "seconds"}``.
 
     Raises:
-        ValueError: On invalid settings, or an output folder started with different settings.
+        ValueError: On invalid settings, an output folder started with other settings or another
+            input, an output folder in use by another run, or an input without any valid record.
     """
     import time
 
@@ -282,53 +338,85 @@ def run_embed(job: EmbedJob, progress: bool = True) -> dict[str, Any]:
 
     job.validate()
     output = Path(job.output)
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_lock(output):
+            counts = _run_locked(job, output, progress, time.perf_counter, tqdm)
+    except BaseException:
+        leftovers = {LOCK_FILE, REJECTED_TMP}
+        if created and {p.name for p in output.iterdir()} <= leftovers:  # nothing of value was written
+            for name in leftovers:
+                (output / name).unlink(missing_ok=True)
+            output.rmdir()
+        raise
+    if counts["rejected"]:
+        logger.warning("%d bad records skipped; ids and reasons in %s", counts["rejected"], output / "rejected.jsonl")
+    return counts
+
+
+def _run_locked(job: EmbedJob, output: Path, progress: bool, clock: Callable[[], float], tqdm: Any) -> dict[str, Any]:
+    """The body of :func:`run_embed`, run while holding the output folder's lock."""
+    started = clock()
     encoder = _Encoder(job)
-    manifest = job.manifest(encoder.dimension, model_revision(job))
     manifest_path = output / "manifest.json"
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
-        if diff := {k: (previous.get(k), v) for k, v in manifest.items() if previous.get(k) != v}:
-            raise ValueError(f"{output} was started with other settings {diff} (old, new); use a new --output")
-    else:
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    encode = _ray_shard_encoder(job) if job.engine == "ray" else encoder
-    metadata = {"model": job.model, "model_revision": manifest["model_revision"], "dtype": job.dtype,
-                "prompt_name": job.prompt_name, "dimension": manifest["dimension"]}  # fmt: skip
-    counts = {"shards": 0, "written": 0, "skipped": 0, "embedded": 0, "rejected": 0}
-    rejected_tmp = output / "rejected.jsonl.tmp"
-    started = time.perf_counter()
-    with (
-        open(rejected_tmp, "w", encoding="utf-8") as rejected_file,
-        tqdm(
-            desc="embedding", unit="text", disable=not progress, total=count_records(job.input) if progress else None
-        ) as bar,
-    ):
+    try:
+        if job.prompt_name not in encoder.model.prompts:
+            valid = sorted(encoder.model.prompts)
+            raise ValueError(f"unknown prompt name {job.prompt_name!r} for {job.model}; valid prompt names: {valid}")
+        manifest = job.manifest(encoder.dimension, model_revision(job), input_identity(job.input))
+        if manifest_path.is_file():
+            check_manifest(manifest_path, manifest)
+        encode = _ray_shard_encoder(job) if job.engine == "ray" else encoder
+        metadata = {"model": job.model, "model_revision": manifest["model_revision"], "dtype": job.dtype,
+                    "prompt_name": job.prompt_name, "dimension": manifest["dimension"]}  # fmt: skip
+        # Texts per encode call: enough for length-sorted batches inside it, few enough for a moving bar.
+        step = 1024 if job.engine == "ray" or job.devices else max(job.batch_size, 256)
+        crash_after = int(os.environ.get(CRASH_AFTER_SHARDS_ENV, "0") or 0)
+        counts = {"shards": 0, "written": 0, "skipped": 0, "embedded": 0, "rejected": 0}
+        reasons: Counter[str] = Counter()
+        rejected_tmp = output / REJECTED_TMP
+        total = count_records(job.input) if progress else None
+        with (
+            open(rejected_tmp, "w", encoding="utf-8") as rejected_file,
+            tqdm(desc="embedding", unit="text", disable=not progress, total=total) as bar,
+        ):
 
-        def reject(record_id: str | None, reason: str) -> None:
-            bar.update(1)
-            counts["rejected"] += 1
-            rejected_file.write(json.dumps({"id": record_id, "reason": reason}) + "\n")
+            def reject(record_id: str | None, reason: str) -> None:
+                bar.update(1)
+                counts["rejected"] += 1
+                reasons[reason.split(":")[0] if reason.startswith("line ") else reason] += 1
+                rejected_file.write(json.dumps({"id": record_id, "reason": reason}) + "\n")
 
-        try:
             for index, ids, texts in iter_shards(job, reject):
+                if not manifest_path.is_file():
+                    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
                 counts["shards"] += 1
                 path = shard_path(output, index)
                 if path.is_file():
                     counts["skipped"] += 1
                     bar.update(len(ids))
                     continue
-                vectors = np.concatenate([encode(texts[i : i + 1024]) for i in range(0, len(texts), 1024)])
-                write_shard(path, ids, vectors, metadata | {"shard": index})
+                vectors = []
+                for start in range(0, len(texts), step):
+                    vectors.append(encode(texts[start : start + step]))
+                    bar.update(len(vectors[-1]))
+                write_shard(path, ids, np.concatenate(vectors), metadata | {"shard": index})
                 counts["written"] += 1
                 counts["embedded"] += len(ids)
-                bar.update(len(ids))
-        finally:
-            encoder.close()
+                if crash_after and counts["written"] == crash_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+    finally:
+        encoder.close()
+    if counts["shards"] == 0:
+        rejected_tmp.unlink(missing_ok=True)
+        common = reasons.most_common(1)[0][0] if reasons else "the file holds no records"
+        raise ValueError(
+            f"no valid record in {job.input}: {counts['rejected']} rejected, most often for {common!r}; "
+            f"check --id-field ({job.id_field!r}) and --text-fields ({','.join(job.text_fields)!r})"
+        )
     os.replace(rejected_tmp, output / "rejected.jsonl")
-    counts["seconds"] = round(time.perf_counter() - started, 3)
-    if counts["rejected"]:
-        logger.warning("%d bad records skipped; ids and reasons in %s", counts["rejected"], output / "rejected.jsonl")
+    counts["seconds"] = round(clock() - started, 3)
     return counts
 
 

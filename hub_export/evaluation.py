@@ -8,17 +8,15 @@ dequantized documents.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from hub_export.data import document_text, load_beir, load_sts
 from hub_export.quantize import (
     PartLayout,
     bytes_per_vector,
@@ -34,72 +32,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 SETTINGS = (None, "int8", "int4")
-
-
-def open_text(path: str | Path) -> TextIO:
-    """Open a UTF-8 text file for reading, gunzipping ``.gz`` files."""
-    return (
-        gzip.open(path, "rt", encoding="utf-8", newline="")
-        if str(path).endswith(".gz")
-        else open(path, encoding="utf-8", newline="")
-    )
-
-
-def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """Read an STS-B style ``score<TAB>sentence1<TAB>sentence2`` file (gzip or plain)."""
-    with open_text(path) as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    rows = rows[:limit] if limit else rows
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array([float(r["score"]) for r in rows])
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All JSON objects of a ``.jsonl`` or ``.jsonl.gz`` file."""
-    with open_text(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def document_text(doc: dict) -> str:
-    """``title text`` of a BEIR document, as mteb joins them."""
-    return f"{doc.get('title', '')} {doc['text']}".strip()
-
-
-def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
-    """Texts of a corpus file: JSON lines with ``text`` (and ``title``), or plain lines of text."""
-    if ".jsonl" in Path(path).name:
-        texts = [document_text(doc) for doc in read_jsonl(path)]
-    else:
-        with open_text(path) as handle:
-            texts = [line.strip() for line in handle if line.strip()]
-    if not texts:
-        raise ValueError(f"{path}: no texts found")
-    return texts[:limit] if limit else texts
-
-
-def load_beir(
-    folder: str | Path, split: str = "test", max_queries: int | None = None, max_docs: int | None = None
-) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
-    """Read a BEIR folder: ``(corpus {id: {"title", "text"}}, queries {id: text}, qrels {qid: {did: score}})``.
-
-    ``max_queries`` keeps the first queries of the split; ``max_docs`` keeps their relevant
-    documents plus the first other documents up to that many.
-    """
-    folder = Path(folder)
-    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as handle:
-        qrels: dict[str, dict[str, int]] = {}
-        for row in csv.DictReader(handle, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    if max_queries:
-        qrels = dict(list(qrels.items())[:max_queries])
-    queries = {q["_id"]: q["text"] for q in read_jsonl(next(folder.glob("queries.jsonl*"))) if q["_id"] in qrels}
-    docs = read_jsonl(next(folder.glob("corpus.jsonl*")))
-    if max_docs:
-        relevant = {d for rels in qrels.values() for d in rels}
-        keep = [d for d in docs if d["_id"] in relevant]
-        keep += [d for d in docs if d["_id"] not in relevant][: max(0, max_docs - len(keep))]
-        docs = keep
-    corpus = {d["_id"]: {"title": d.get("title", ""), "text": d["text"]} for d in docs}
-    return corpus, queries, qrels
 
 
 def part_views(model: SentenceTransformer) -> dict[str, slice]:

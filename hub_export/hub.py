@@ -9,10 +9,13 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
+from hub_export.modeling import read_json
+
 logger = logging.getLogger(__name__)
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # used with fullmatch
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 SKIPPED_PATTERNS = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.gguf", "coreml/*"]
 
 
@@ -24,6 +27,21 @@ class ResolvedSource:
     source: str
     revision: str | None
     license: str | None
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a malformed Hub repo id before anything is written or sent."""
+    if (
+        not isinstance(repo_id, str)
+        or not REPO_ID.fullmatch(repo_id)
+        or "--" in repo_id
+        or ".." in repo_id
+        or len(repo_id) > 96
+    ):
+        raise ValueError(
+            f"--repo-id {repo_id!r} is not a Hub repo id: expected org/name "
+            "(letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters)"
+        )
 
 
 def read_card_license(folder: Path) -> str | None:
@@ -60,9 +78,10 @@ def resolve_source(
         if not local.is_dir():
             raise ValueError(f"part source {source!r} is a file; expected a model folder or a Hub id")
         check_weights(local, source, allow_pickle)
-        return ResolvedSource(local, str(local), None, read_card_license(local))
+        # Only the folder's name is recorded: a local path is machine-specific and gets published.
+        return ResolvedSource(local, local.resolve().name, None, read_card_license(local))
     repo_id, _, revision = source.partition("@")
-    if not REPO_ID.match(repo_id):
+    if not REPO_ID.fullmatch(repo_id):
         raise ValueError(f"part source {source!r} is neither an existing folder nor a Hub id like org/name[@revision]")
     path = Path(
         snapshot_download(
@@ -78,15 +97,33 @@ def resolve_source(
     return ResolvedSource(path, repo_id, path.name, read_card_license(path))
 
 
+def weights_folder(folder: Path) -> Path:
+    """The folder whose weights a part's Transformer loads: the first module of a sentence-transformers folder."""
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        return folder
+    modules = read_json(modules_path)
+    first = modules[0].get("path", "") if isinstance(modules, list) and modules and isinstance(modules[0], dict) else ""
+    if not isinstance(first, str) or Path(first).is_absolute() or ".." in Path(first).parts:
+        raise ValueError(f"{modules_path}: modules[0].path = {first!r} must be a folder inside the model")
+    return folder / first
+
+
 def check_weights(folder: Path, source: str, allow_pickle: bool) -> None:
-    """Refuse a part whose weights are only pickles (unless allowed)."""
-    if any(folder.rglob("*.safetensors")):
+    """Refuse a part whose loaded weights are pickles (unless allowed); stray files elsewhere do not count.
+
+    transformers loads ``model.safetensors`` (or its sharded index) from the Transformer's folder
+    when present, else ``pytorch_model.bin``: that folder is what is checked.
+    """
+    weights = weights_folder(folder)
+    if any((weights / name).is_file() for name in SAFETENSORS_FILES):
         return
-    pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.rglob(pattern)]
+    pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in weights.glob(pattern) if p.is_file())
     if allow_pickle and pickles:
         return
+    where = "" if weights == folder else f" (in {weights.relative_to(folder).as_posix()}/)"
     raise ValueError(
-        f"part source {source!r} has no safetensors weights"
-        + (f" (only {sorted(set(pickles))}); pass --allow-pickle to accept pickle weights" if pickles else "")
+        f"part source {source!r} has no safetensors weights{where}"
+        + (f" (only {pickles}); pass --allow-pickle to accept pickle weights" if pickles else "")
         + ("" if pickles or allow_pickle else "; only safetensors weights are accepted unless --allow-pickle")
     )

@@ -15,7 +15,7 @@ from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from hub_export.evaluation import load_beir, load_sts
+from hub_export.data import load_beir, load_sts
 
 _COMMON = {
     "reference": "https://github.com/embeddings-benchmark/mteb",

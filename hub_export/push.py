@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from hub_export.card import write_card
 from hub_export.files import content_hash, model_files
+from hub_export.hub import check_repo_id
+from hub_export.modeling import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +18,8 @@ def check_verified(model_dir: Path) -> None:
     record_path = model_dir / "verification.json"
     if not record_path.is_file():
         raise ValueError(f"{model_dir} is not verified: run `concat-embed verify {model_dir}` (or pass --skip-verify)")
-    record = json.loads(record_path.read_text())
-    if not record.get("passed"):
+    record = read_json(record_path)
+    if not isinstance(record, dict) or record.get("passed") is not True:
         raise ValueError(f"{model_dir} failed verification; fix it or pass --skip-verify")
     if record.get("content_sha256") != content_hash(model_dir):
         raise ValueError(f"{model_dir} changed since it was verified: run `concat-embed verify {model_dir}` again")
@@ -50,8 +51,9 @@ def push_model(
     Raises:
         ValueError: If the folder is unverified, or no token is available (before any network call).
     """
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
+    check_repo_id(repo_id)
     model_dir = Path(model_dir)
     if not skip_verify:
         check_verified(model_dir)
@@ -60,15 +62,16 @@ def push_model(
         raise ValueError("no Hub token: pass --token, set HF_TOKEN, or log in with `hf auth login`")
     write_card(model_dir, repo_id)
     files = model_files(model_dir, allow_pickle=allow_pickle)
+    # Exactly the listed files, by explicit path: nothing is matched as a pattern.
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(model_dir / name)) for name in files]
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(model_dir),
+    info = api.create_commit(
         repo_id=repo_id,
+        operations=operations,
         revision=revision,
-        allow_patterns=files,
         commit_message=f"Upload {repo_id.split('/')[-1]} with concat-embed",
     )
     logger.info("Pushed %d files to %s", len(files), info.commit_url)

@@ -99,6 +99,8 @@ def calibrate(
         ``{part name: {scheme: {"low", "high", "dims"}}}``.
     """
     dims = dims or {}
+    if not np.isfinite(embeddings).all():
+        raise ValueError("the model's outputs on the calibration corpus are not finite (NaN or inf); run `verify`")
     layouts = part_layouts(specs)
     if unknown := sorted(set(dims) - {p.name for p in layouts}):
         raise ValueError(f"unknown part(s) {unknown} in dims; valid parts: {[p.name for p in layouts]}")

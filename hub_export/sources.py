@@ -18,7 +18,7 @@ from hub_export.modeling import POOLING_MODES, embedding_dimension_of, pooling_m
 logger = logging.getLogger(__name__)
 
 
-def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
+def load_source(path: str | Path, pooling: str | None = None, trust_remote_code: bool = False) -> nn.Sequential:
     """Load a part as Transformer + Pooling (+ Dense...) + Normalize.
 
     A sentence-transformers folder (with ``modules.json``) keeps its own pooling and dense
@@ -29,6 +29,7 @@ def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
         path: The local folder.
         pooling: Pooling mode for a plain transformers folder; for a sentence-transformers
             folder it must match the folder's own pooling when given.
+        trust_remote_code: Let the folder's own code (``auto_map``) run; off unless asked for.
 
     Raises:
         ValueError: If the folder is neither kind, the pooling is unknown or conflicts, or the
@@ -38,7 +39,7 @@ def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
     if pooling is not None and pooling not in POOLING_MODES:
         raise ValueError(f"{path}: unknown pooling {pooling!r}; valid modes: {list(POOLING_MODES)}")
     if (path / "modules.json").is_file():
-        modules = list(SentenceTransformer(str(path), device="cpu"))
+        modules = list(SentenceTransformer(str(path), device="cpu", trust_remote_code=trust_remote_code))
         names = [type(module).__name__ for module in modules]
         if len(modules) < 2 or names[0] != "Transformer" or names[1] != "Pooling":
             raise ValueError(f"{path}/modules.json: a part must start with Transformer, Pooling; got {names}")
@@ -52,7 +53,7 @@ def load_source(path: str | Path, pooling: str | None = None) -> nn.Sequential:
         modules = [module for module in modules if not isinstance(module, Normalize)] + [Normalize()]
         return nn.Sequential(*modules)
     if (path / "config.json").is_file():
-        transformer = Transformer(str(path))
+        transformer = Transformer.load(str(path), trust_remote_code=trust_remote_code)
         mode = pooling or "cls"
         return nn.Sequential(transformer, Pooling(embedding_dimension_of(transformer), pooling_mode=mode), Normalize())
     raise ValueError(f"{path}: not a model folder (no modules.json or config.json)")

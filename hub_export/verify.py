@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from hub_export.card import diff_cell
 from hub_export.files import content_hash
+from hub_export.modeling import read_json
 from hub_export.quantize import unit_rows
 
 PROBES = [
@@ -28,7 +33,9 @@ PROBES = [
     "",
 ]
 DEFAULT_TOLERANCE = 1e-5
+NON_FINITE = "non-finite"  # recorded instead of a number when an output or reference holds NaN or inf
 TASKS = ("query", "document")
+logger = logging.getLogger(__name__)
 
 
 def reference_embeddings(model_dir: Path) -> tuple[dict[str, np.ndarray], list[tuple[str, slice]]]:
@@ -39,8 +46,8 @@ def reference_embeddings(model_dir: Path) -> tuple[dict[str, np.ndarray], list[t
     """
     from sentence_transformers import SentenceTransformer
 
-    config = json.loads((model_dir / "concat_config.json").read_text())
-    prompts = json.loads((model_dir / "config_sentence_transformers.json").read_text()).get("prompts", {})
+    config = read_json(model_dir / "concat_config.json")
+    prompts = read_json(model_dir / "config_sentence_transformers.json").get("prompts", {})
     blocks: dict[str, list[np.ndarray]] = {task: [] for task in TASKS}
     views, start = [], 0
     for part in config["parts"]:
@@ -74,6 +81,32 @@ def auto_model_embeddings(model_dir: Path, prompt: str) -> np.ndarray:
         return model(**tokens).float().numpy()
 
 
+def max_abs_diff(ours: np.ndarray, expected: np.ndarray) -> float | str:
+    """The largest absolute difference, or ``NON_FINITE`` when either side holds NaN or inf."""
+    if not (np.isfinite(ours).all() and np.isfinite(expected).all()):
+        return NON_FINITE
+    return float(np.abs(ours - expected).max()) if ours.size else 0.0
+
+
+def worst(a: float | str, b: float | str) -> float | str:
+    """The worse of two differences (a non-finite one is worse than any number)."""
+    return NON_FINITE if NON_FINITE in (a, b) else max(a, b)
+
+
+def within(diff: Any, tolerance: float) -> bool:
+    """Whether a recorded difference passes: a finite number no larger than the tolerance (NaN never does)."""
+    return isinstance(diff, (int, float)) and math.isfinite(diff) and diff <= tolerance
+
+
+def check_tolerance(tolerance: Any) -> float:
+    """Refuse a tolerance that is not a finite number > 0."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance):
+        raise ValueError(f"tolerance = {tolerance!r}: expected a finite number > 0")
+    if tolerance <= 0:
+        raise ValueError(f"tolerance = {tolerance!r}: expected a finite number > 0")
+    return float(tolerance)
+
+
 def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Run every check and return the verification record (written to ``verification.json``)."""
     from sentence_transformers import SentenceTransformer
@@ -87,12 +120,12 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
         if ours.shape != expected.shape:
             raise ValueError(f"{model_dir}: model outputs {ours.shape}, parts give {expected.shape}")
         for name, cols in views + [("concat", slice(None))]:
-            diffs[name] = max(diffs.get(name, 0.0), float(np.abs(ours[:, cols] - expected[:, cols]).max()))
+            diffs[name] = worst(diffs.get(name, 0.0), max_abs_diff(ours[:, cols], expected[:, cols]))
         if (model_dir / "config.json").is_file():
             auto = auto_model_embeddings(model_dir, model.prompts.get(task, ""))
-            diffs[f"AutoModel ({task})"] = float(np.abs(auto - expected).max())
+            diffs[f"AutoModel ({task})"] = max_abs_diff(auto, expected)
     return {
-        "passed": all(diff <= tolerance for diff in diffs.values()),
+        "passed": all(within(diff, tolerance) for diff in diffs.values()),
         "tolerance": tolerance,
         "probes": len(PROBES),
         "max_abs_diff": diffs,
@@ -103,6 +136,7 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
 
 def run_verification(model_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Verify ``model_dir`` in a fresh Python process (outside the project folder) and return the record."""
+    check_tolerance(tolerance)
     model_dir = Path(model_dir).resolve()
     if not (model_dir / "concat_config.json").is_file():
         raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
@@ -116,8 +150,13 @@ def run_verification(model_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE
             text=True,
         )
     if run.returncode != 0:
-        raise ValueError(f"verification of {model_dir} crashed:\n{run.stderr[-3000:]}")
-    return json.loads((model_dir / "verification.json").read_text())
+        lines = [line for line in run.stderr.strip().splitlines() if line.strip()]
+        logger.info("verification child process stderr:\n%s", run.stderr[-5000:])
+        raise RuntimeError(
+            f"verification of {model_dir} failed: {lines[-1] if lines else f'exit code {run.returncode}'} "
+            "(run with -v for the child's log)"
+        )
+    return read_json(model_dir / "verification.json")
 
 
 def format_report(record: dict) -> str:
@@ -125,7 +164,7 @@ def format_report(record: dict) -> str:
     width = max(len(name) for name in record["max_abs_diff"])
     lines = [f"{'check':<{width}}  max |diff|  status"]
     for name, diff in record["max_abs_diff"].items():
-        lines.append(f"{name:<{width}}  {diff:10.2e}  {'ok' if diff <= record['tolerance'] else 'FAIL'}")
+        lines.append(f"{name:<{width}}  {diff_cell(diff):>10}  {'ok' if within(diff, record['tolerance']) else 'FAIL'}")
     verdict = "PASSED" if record["passed"] else "FAILED"
     lines.append(f"{verdict}: {record['probes']} probes x (query, document), tolerance {record['tolerance']:g}")
     return "\n".join(lines)
@@ -137,7 +176,7 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     args = parser.parse_args()
-    record = compute_verification(args.model_dir, args.tolerance)
+    record = compute_verification(args.model_dir, check_tolerance(args.tolerance))
     (args.model_dir / "verification.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -61,7 +61,8 @@ def test_stsb_spearman_matches_published_numbers(demo_model) -> None:
 
 
 def test_eval_on_a_subsample_with_calibrated_compression(demo_dir, demo_model, tmp_path) -> None:
-    from hub_export.evaluation import evaluate_model, read_corpus_texts
+    from hub_export.data import read_corpus_texts
+    from hub_export.evaluation import evaluate_model
     from hub_export.quantize import calibrate
 
     sample = demo_model.encode_document(read_corpus_texts(DATA / "scifact" / "corpus.jsonl.gz", limit=200))

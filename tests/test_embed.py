@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from hub_export.embed import EmbedJob, read_output, run_embed
+from hub_export.embed import CRASH_AFTER_SHARDS_ENV, EmbedJob, read_output, run_embed
 
 GOOD = [{"_id": f"d{i}", "title": f"title {i}", "text": f"the quick brown fox number {i} jumps"} for i in range(23)]
 BAD = [{"title": "no id"}, {"_id": "d3", "text": "dup"}, {"_id": "x1", "text": 5}, {"_id": "x2"}, "not an object"]
@@ -113,25 +112,20 @@ def test_int8_dynamic_job_stays_close_to_float(built_model, corpus, tmp_path) ->
 
 
 def test_resume_after_kill_equals_uninterrupted_run(built_model, tmp_path) -> None:
-    records = [{"_id": f"p{i}", "text": f"passage {i} " + "snow flake search " * 15} for i in range(4000)]
+    records = [{"_id": f"p{i}", "text": f"passage {i} " + "snow flake search " * 3} for i in range(200)]
     source = write_jsonl(tmp_path / "big.jsonl", records)
     args = [sys.executable, "-m", "hub_export", "embed", str(built_model), "--input", str(source),
-            "--shard-size", "200", "--batch-size", "1", "--no-progress"]  # fmt: skip
+            "--shard-size", "20", "--no-progress"]  # fmt: skip
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*args, "--output", str(killed_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while len(list(killed_dir.glob("shard-*.parquet"))) < 3 and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    finished_before = len(list(killed_dir.glob("shard-*.parquet")))
-    assert 3 <= finished_before < 20, "the run was not interrupted part-way"
+    crash = os.environ | {CRASH_AFTER_SHARDS_ENV: "3"}  # the run kills itself (SIGKILL) after its 3rd shard
+    killed = subprocess.run([*args, "--output", str(killed_dir)], env=crash, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(list(killed_dir.glob("shard-*.parquet"))) == 3
+    assert (killed_dir / "rejected.jsonl.tmp").is_file() and not (killed_dir / "rejected.jsonl").exists()
     resumed = subprocess.run([*args, "--output", str(killed_dir)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     counts = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert counts["skipped"] == finished_before and counts["skipped"] + counts["written"] == 20
+    assert (counts["skipped"], counts["written"], counts["rejected"]) == (3, 7, 1)
     assert not list(killed_dir.glob("*.tmp"))
     straight = subprocess.run([*args, "--output", str(tmp_path / "straight")], capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -163,3 +157,56 @@ def test_ray_engine_matches_local(built_model, corpus, tmp_path) -> None:
     assert counts["embedded"] == 23 and counts["rejected"] == 6
     (ids_a, a), (ids_b, b) = read_output(tmp_path / "local"), read_output(tmp_path / "ray")
     assert ids_a == ids_b and np.abs(a - b).max() <= 1e-5
+
+
+def test_resume_refuses_an_input_edited_in_place(built_model, tmp_path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    job = EmbedJob(str(built_model), str(source), str(tmp_path / "out"), shard_size=5)
+    run_embed(job, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    edited = [dict(r) for r in GOOD]
+    edited[2]["text"] = "an edited record"
+    write_jsonl(source, edited[:7] + [{"_id": "new", "text": "a new record"}] + edited[7:])
+    with pytest.raises(
+        ValueError, match=r"the input .*in.jsonl changed since this output was started \(size \d+ -> \d+"
+    ):
+        run_embed(job, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_second_run_into_the_same_output_is_refused(built_model, corpus, tmp_path) -> None:
+    from hub_export.embed import output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    job = EmbedJob(str(built_model), str(corpus), str(out), shard_size=5)
+    with output_lock(out):  # a first run holds the folder
+        with pytest.raises(ValueError, match="another `concat-embed embed` run is writing to"):
+            run_embed(job, progress=False)
+        assert not (out / "manifest.json").exists()
+    assert run_embed(job, progress=False)["embedded"] == 23
+
+
+def test_bad_bytes_and_empty_ids_reject_their_line_only(built_model, tmp_path) -> None:
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps(r).encode() for r in GOOD[:3]]
+    lines.insert(1, b'{"_id": "latin", "text": "caf\xe9"}')
+    lines.append(json.dumps({"_id": "", "text": "no id"}).encode())
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    counts = run_embed(EmbedJob(str(built_model), str(source), str(tmp_path / "out")), progress=False)
+    assert (counts["embedded"], counts["rejected"]) == (3, 2)
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected == [
+        {"id": None, "reason": "line 2: not valid UTF-8 (byte 0xe9 at column 30)"},
+        {"id": None, "reason": "id field '_id' is empty"},
+    ]
+
+
+def test_prompt_typo_writes_nothing_and_the_corrected_run_works(built_model, corpus, tmp_path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError, match=r"unknown prompt name 'documnet' .*valid prompt names: \['document', 'query'\]"
+    ):
+        run_embed(EmbedJob(str(built_model), str(corpus), str(out), prompt_name="documnet"), progress=False)
+    assert not out.exists()
+    assert run_embed(EmbedJob(str(built_model), str(corpus), str(out)), progress=False)["embedded"] == 23

@@ -244,3 +244,46 @@ def test_private_repo_needs_token(hub, built, tmp_path) -> None:
     assert anonymous.returncode != 0
     with_token = encode_remote(hub, tmp_path, "me/secret", token=TOKEN, cache_folder=str(tmp_path / "c"))
     assert with_token["query"].shape == (3, 72)
+
+
+def test_push_sends_exactly_the_dry_run_files(hub, built, tmp_path) -> None:
+    folder = tmp_path / "tricky"
+    shutil.copytree(built, folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "tokenizer.json").write_text("outside the folder")
+    (folder / ".secrets").mkdir()
+    (folder / ".secrets" / "config.json").write_text('{"token": "hf_secret"}')
+    (folder / "extra").mkdir()
+    (folder / "extra" / "tokenizer.json").symlink_to(outside / "tokenizer.json")  # an allowlisted name
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    assert cli(hub, tmp_path, "verify", str(folder)).returncode == 0
+    dry = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/exact", "--dry-run")
+    listed = {line.split()[-1] for line in dry.stdout.strip().splitlines()[:-1]}
+    pushed = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/exact", "--token", TOKEN)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    repo = hub.state.repos["me/exact"]
+    files = repo.commits[repo.branches["main"]]
+    assert set(files) - {".gitattributes"} == listed
+    assert not any(name.startswith((".secrets", "linked")) for name in files)
+    assert "extra/tokenizer.json" not in files
+    assert all(b"outside the folder" not in content and b"hf_secret" not in content for content in files.values())
+
+
+def test_malformed_repo_id_is_refused_before_the_card_changes(hub, built, tmp_path) -> None:
+    card = (built / "README.md").read_bytes()
+    requests_before = len(hub.state.requests)
+    done = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/bad name", "--token", TOKEN, "--skip-verify")
+    assert done.returncode == 2 and "--repo-id 'me/bad name' is not a Hub repo id" in done.stderr
+    assert (built / "README.md").read_bytes() == card
+    assert len(hub.state.requests) == requests_before
+
+
+def test_dead_endpoint_is_one_line_with_advice(hub, upstream, tmp_path) -> None:
+    env = client_env(hub, tmp_path, HF_ENDPOINT=DEAD)
+    args = ["build", "--part", "a=up/alpha", "--part", "b=up/beta", "--out", str(tmp_path / "m")]
+    done = run([sys.executable, "-m", "hub_export", *args], env, tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"cannot reach the Hub at {DEAD}" in done.stderr and "HF_HUB_OFFLINE=1" in done.stderr
+    assert not (tmp_path / "m").exists()

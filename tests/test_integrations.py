@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from hub_export.evaluation import cosine_rows, document_text, load_beir, load_sts, retrieval_metrics, unit_rows
+from hub_export.data import document_text, load_beir, load_sts
+from hub_export.evaluation import cosine_rows, retrieval_metrics, unit_rows
 from hub_export.mteb_tasks import beir_retrieval_task, sts_task
 from tests.conftest import QUERY_PROMPT
 

@@ -296,3 +296,26 @@ def test_loads_in_a_process_where_the_project_is_not_importable(built_model, tmp
         [sys.executable, "-c", script, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert run.returncode != 0
+
+
+@pytest.mark.parametrize("how", ["trust_remote_code", "model_kwargs"])
+def test_parts_do_not_run_their_own_code_unless_built_so(built_model, tmp_path, how) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(built_model, folder)
+    marker = tmp_path / "part-code-ran"
+    part = folder / "alpha"
+    (part / "evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertConfig, BertModel\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'bert'\n"
+        "class EvilModel(BertModel):\n    config_class = EvilConfig\n"
+    )
+    config = json.loads((part / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (part / "config.json").write_text(json.dumps(config))
+    kwargs = {"model_kwargs": {"trust_remote_code": True}} if how == "model_kwargs" else {}
+    model = SentenceTransformer(str(folder), trust_remote_code=True, **kwargs)
+    assert not marker.exists(), "a part's own code ran although it was not built with trust_remote_code"
+    assert type(model[0].pipelines[0][0].auto_model).__name__ == "BertModel"
+    assert json.loads((folder / "concat_config.json").read_text())["parts"][0]["trust_remote_code"] is False
+    assert "| no |" in (folder / "README.md").read_text()

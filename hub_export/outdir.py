@@ -1,0 +1,121 @@
+"""Output folders that are written whole or not at all, and never replace files this tool did not write.
+
+A folder written here holds a record, ``.concat-embed-build.json``, of the files it wrote. A later
+write into the same folder goes to a staging folder beside it first; only when it is complete
+are the recorded files of the previous one removed and the staging folder moved into place. A
+folder holding anything else (the user's files) is refused, and so is an output that contains,
+equals or lies inside one of the inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from hub_export.modeling import read_json
+
+logger = logging.getLogger(__name__)
+
+RECORD = ".concat-embed-build.json"
+# Written into a built folder later by other commands of this tool (and so removable by a rebuild).
+LATER_FILES = ("verification.json", "README.md")
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Relative paths of everything but directories under ``folder`` (links are listed, not followed)."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        base = Path(root)
+        found += [(base / name).relative_to(folder).as_posix() for name in files]
+        found += [(base / name).relative_to(folder).as_posix() for name in dirs if (base / name).is_symlink()]
+    return sorted(found)
+
+
+def recorded_files(folder: Path) -> list[str] | None:
+    """The files a previous write of this tool recorded in ``folder``, or None when it has no record.
+
+    Raises:
+        ValueError: If the record is not a list of relative paths inside the folder.
+    """
+    path = folder / RECORD
+    if not path.is_file() or path.is_symlink():
+        return None
+    data = read_json(path)
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(
+        isinstance(f, str) and f and not Path(f).is_absolute() and ".." not in Path(f).parts for f in files
+    ):
+        raise ValueError(f"{path}: 'files' must be a list of relative paths inside the folder")
+    return files
+
+
+def check_output(output: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse an output folder this tool may not write; return it as a path.
+
+    Allowed: a new path, an empty folder, or a folder that holds only the files a previous write
+    of this tool recorded (plus :data:`LATER_FILES`).
+
+    Raises:
+        ValueError: Naming the folder and the reason (a foreign file, a link, an input overlap).
+    """
+    output = Path(output)
+    if output.is_symlink():
+        raise ValueError(f"--out {output} is a symbolic link; give a real folder")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--out {output} is a file; give a new or empty folder")
+    target = output.resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if target == source or source in target.parents:
+            raise ValueError(f"--out {output} is inside the source {source}; choose a folder outside every source")
+        if target in source.parents:
+            raise ValueError(f"the source {source} is inside --out {output}, which a build replaces; move one of them")
+    if output.is_dir():
+        present = [name for name in _files_under(output) if name != RECORD]
+        recorded = recorded_files(output)
+        if present and recorded is None:
+            raise ValueError(
+                f"--out {output} is not empty and was not written by concat-embed (it holds {present[0]!r}); "
+                "choose a new or empty folder"
+            )
+        foreign = [name for name in present if name not in set(recorded or []) | set(LATER_FILES)]
+        if foreign:
+            raise ValueError(
+                f"--out {output} holds files concat-embed did not write ({foreign[:3]}); "
+                "move them away or choose another folder"
+            )
+    return output
+
+
+def staging_folder(output: Path) -> Path:
+    """A new empty folder beside ``output`` to write into (same file system, so the final move is a rename)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+
+
+def commit_output(staging: Path, output: Path) -> Path:
+    """Record the staged files, remove the previous write's recorded files, move the staging folder in place."""
+    (staging / RECORD).write_text(json.dumps({"files": _files_under(staging)}, indent=1) + "\n", encoding="utf-8")
+    if output.is_dir():
+        for name in set(recorded_files(output) or []) | set(LATER_FILES) | {RECORD}:
+            path = output / name
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+        for root, _, _ in sorted(os.walk(output), key=lambda entry: -len(entry[0])):
+            if root != str(output) and not os.listdir(root):
+                os.rmdir(root)
+        if any(output.iterdir()):
+            raise ValueError(f"--out {output} changed while building; the new model is in {staging}")
+        output.rmdir()
+    os.replace(staging, output)
+    return output
+
+
+def discard(staging: Path) -> None:
+    """Remove a staging folder after a failed write."""
+    shutil.rmtree(staging, ignore_errors=True)

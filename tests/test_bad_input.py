@@ -1,0 +1,275 @@
+"""Every bad input the CLI and the Python API take gets its own clear error, and nothing is written.
+
+Table-driven: each CLI case is ``(id, argv builder, exit code, message)`` run through
+``hub_export.cli.main`` in-process (stderr captured); each API case is ``(id, call, error type,
+message)``. The files the cases read are made once per module by :func:`bad` below.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hub_export.cli import main
+
+GOOD = [{"_id": f"d{i}", "title": f"title {i}", "text": f"the quick brown fox number {i}"} for i in range(23)]
+
+
+@dataclass
+class Files:
+    """Paths the cases use: good inputs, bad inputs and copies of the built model with one defect each."""
+
+    root: Path
+    parts: dict[str, Path]
+    model: Path
+
+    def __getattr__(self, name: str) -> Path:
+        return self.root / name
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def edited_model(built_model: Path, folder: Path, edit: Callable[[dict], None] | None = None, raw: str = "") -> Path:
+    shutil.copytree(built_model, folder)
+    if edit is not None:
+        config = json.loads((folder / "concat_config.json").read_text())
+        edit(config)
+        raw = json.dumps(config)
+    if raw:
+        (folder / "concat_config.json").write_text(raw)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
+    root = tmp_path_factory.mktemp("bad")
+    corpus = "".join(json.dumps(r) + "\n" for r in GOOD)
+    write(root / "corpus.jsonl", corpus)
+    write(root / "corpus.csv", corpus)
+    gz = gzip.compress(corpus.encode())
+    write(root / "truncated.jsonl.gz", gz[: len(gz) // 2])
+    write(root / "notext.jsonl", '{"_id": "1", "title": "no text"}\n')
+    write(root / "badjson.jsonl", '{"text": "ok"}\n{"text": oops}\n')
+    write(root / "latin1.txt", "caf\xe9 au lait\n".encode("latin-1"))
+    write(root / "empty.txt", "\n\n")
+    write(root / "sts_noheader.tsv", "4.0\ta cat\ta dog\n")
+    write(root / "sts_badscore.tsv", "score\tsentence1\tsentence2\nhigh\ta cat\ta dog\n")
+    write(root / "sts_nan.tsv", "score\tsentence1\tsentence2\nnan\ta cat\ta dog\n")
+    write(root / "sts_short.tsv", "score\tsentence1\tsentence2\n3.0\tonly one sentence\n")
+    beir = root / "beir_empty"
+    write(beir / "corpus.jsonl", "")
+    write(beir / "queries.jsonl", '{"_id": "q1", "text": "what?"}\n')
+    write(beir / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    write(root / "beir_noqrels" / "corpus.jsonl", corpus)
+    write(root / "user_dir" / "notes.txt", "my notes")
+    write(root / "a_file", "not a folder")
+    pickled = root / "pickled"
+    shutil.copytree(tiny_parts["a"], pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    write(pickled / "onnx" / "unused.safetensors", b"stray")
+    (root / "no_model").mkdir()
+    edited_model(built_model, root / "m_badjson", raw='{"parts": [')
+    edited_model(built_model, root / "m_nan_weight", raw=(built_model / "concat_config.json").read_text().replace(
+        '"weight": 0.5', '"weight": NaN'))  # fmt: skip
+    edited_model(built_model, root / "m_inf_weight", lambda c: c["parts"][0].update(weight=float("inf")))
+    edited_model(built_model, root / "m_long", lambda c: c["parts"][0].update(max_seq_length=100000))
+    edited_model(built_model, root / "m_star", lambda c: c["parts"][0].update(name="*"))
+    edited_model(built_model, root / "m_up", lambda c: c["parts"][0].update(subfolder="../alpha"))
+    edited_model(built_model, root / "m_nan_range", lambda c: c["parts"][0].update(
+        quantization={"int8": {"low": float("nan"), "high": 1.0, "dims": 8}}))  # fmt: skip
+    edited_model(built_model, root / "m_trust", lambda c: c["parts"][0].update(trust_remote_code="yes"))
+    write(edited_model(built_model, root / "m_modules") / "alpha" / "modules.json", "[{")
+    write(edited_model(built_model, root / "m_verif") / "verification.json", "{passed: true}")
+    write(edited_model(built_model, root / "m_record") / ".concat-embed-build.json", '{"files": ["../../etc/passwd"]}')
+    return Files(root, tiny_parts, built_model)
+
+
+def build(f: Files, *extra: str, parts: tuple[str, ...] = ()) -> list[str]:
+    parts = parts or (f"x={f.parts['a']}", f"y={f.parts['b']}")
+    return ["build", *[arg for part in parts for arg in ("--part", part)], *extra]
+
+
+def embed(f: Files, *extra: str, input: Path | None = None) -> list[str]:
+    return ["embed", str(f.model), "--input", str(input or f.root / "corpus.jsonl"), "--no-progress", *extra]
+
+
+CLI_CASES = [
+    # build: numbers must be finite and in range
+    ("weight-inf", lambda f: build(f, "--weight", "x=inf", "--out", str(f.o)), 2, "--weight 'x=inf': expected a finite number > 0, got 'inf'"),
+    ("weight-1e309", lambda f: build(f, "--weight", "x=1e309", "--out", str(f.o)), 2, "expected a finite number > 0, got '1e309'"),
+    ("weight-nan", lambda f: build(f, "--weight", "y=nan", "--out", str(f.o)), 2, "expected a finite number > 0, got 'nan'"),
+    ("weight-zero", lambda f: build(f, "--weight", "y=0", "--out", str(f.o)), 2, "expected a finite number > 0, got '0'"),
+    ("weight-word", lambda f: build(f, "--weight", "y=heavy", "--out", str(f.o)), 2, "expected a finite number > 0, got 'heavy'"),
+    ("max-seq-over-limit", lambda f: build(f, "--max-seq-length", "x=100000", "--out", str(f.o)), 2, "--max-seq-length x.max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
+    ("max-seq-zero", lambda f: build(f, "--max-seq-length", "x=0", "--out", str(f.o)), 2, "expected a positive integer, got '0'"),
+    ("truncate-zero", lambda f: build(f, "--truncate-dim", "x=0", "--out", str(f.o)), 2, "--truncate-dim 'x=0': expected a positive integer"),
+    ("truncate-too-big", lambda f: build(f, "--truncate-dim", "x=999", "--out", str(f.o)), 2, "truncate_dim = 999"),
+    # build: names
+    ("part-prompt-typo", lambda f: build(f, "--part-prompt", "x.qurey=q: ", "--out", str(f.o)), 2, "--part-prompt x.qurey: unknown prompt name 'qurey'; valid prompt names: ['document', 'query']"),
+    ("part-prompt-no-dot", lambda f: build(f, "--part-prompt", "x=oops", "--out", str(f.o)), 2, "expected PART.PROMPT_NAME=TEXT"),
+    ("name-star", lambda f: build(f, "--out", str(f.o), parts=(f"*={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name '*' is not allowed: use 1-64 letters"),
+    ("name-slash", lambda f: build(f, "--out", str(f.o), parts=(f"a/b={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name 'a/b' is not allowed"),
+    ("name-dot", lambda f: build(f, "--out", str(f.o), parts=(f".={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name '.' is not allowed"),
+    ("name-dotdot", lambda f: build(f, "--out", str(f.o), parts=(f"..={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name '..' is not allowed"),
+    ("name-pipe", lambda f: build(f, "--out", str(f.o), parts=(f"a|b={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name 'a|b' is not allowed"),
+    ("name-hidden", lambda f: build(f, "--out", str(f.o), parts=(f".git={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name '.git' is not allowed"),
+    ("name-glob", lambda f: build(f, "--out", str(f.o), parts=(f"a[1]={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name 'a[1]' is not allowed"),
+    ("name-duplicate", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.parts['a']}", f"x={f.parts['b']}")), 2, "--part names must be unique"),
+    ("trust-unknown-part", lambda f: build(f, "--part-trust-remote-code", "zzz", "--out", str(f.o)), 2, "--part-trust-remote-code 'zzz=': unknown part 'zzz'"),
+    ("pooling-unknown", lambda f: build(f, "--pooling", "y=median", "--out", str(f.o)), 2, "unknown pooling 'median'; valid modes"),
+    # build: sources and the output folder
+    ("out-equals-source", lambda f: build(f, "--out", str(f.parts["a"])), 2, "is inside the source"),
+    ("out-inside-source", lambda f: build(f, "--out", str(f.parts["a"] / "sub")), 2, "is inside the source"),
+    ("out-user-folder", lambda f: build(f, "--out", str(f.user_dir)), 2, "is not empty and was not written by concat-embed (it holds 'notes.txt')"),
+    ("out-is-file", lambda f: build(f, "--out", str(f.a_file)), 2, "is a file; give a new or empty folder"),
+    ("out-bad-record", lambda f: build(f, "--out", str(f.m_record)), 2, ".concat-embed-build.json: 'files' must be a list of relative paths"),
+    ("source-is-file", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.a_file}", f"y={f.parts['b']}")), 2, "is a file; expected a model folder or a Hub id"),
+    ("source-missing", lambda f: build(f, "--out", str(f.o), parts=("x=/nonexistent/model", f"y={f.parts['b']}")), 2, "neither an existing folder nor a Hub id"),
+    ("pickle-with-stray-safetensors", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.pickled}", f"y={f.parts['b']}")), 2, "has no safetensors weights (only ['pytorch_model.bin']); pass --allow-pickle"),
+    ("single-part", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.parts['a']}",)), 2, "needs at least 2 parts"),
+    # verify
+    ("verify-tolerance-nan", lambda f: ["verify", str(f.model), "--tolerance", "nan"], 2, "argument --tolerance: expected a finite number > 0, got 'nan'"),
+    ("verify-tolerance-inf", lambda f: ["verify", str(f.model), "--tolerance", "inf"], 2, "expected a finite number > 0, got 'inf'"),
+    ("verify-tolerance-negative", lambda f: ["verify", str(f.model), "--tolerance", "-1"], 2, "expected a finite number > 0, got '-1'"),
+    ("verify-not-a-model", lambda f: ["verify", str(f.no_model)], 2, "not a combined model folder (no concat_config.json)"),
+    # push
+    ("push-repo-id-space", lambda f: ["push", str(f.model), "--repo-id", "bad repo", "--dry-run"], 2, "--repo-id 'bad repo' is not a Hub repo id: expected org/name"),
+    ("push-repo-id-depth", lambda f: ["push", str(f.model), "--repo-id", "a/b/c", "--token", "t"], 2, "--repo-id 'a/b/c' is not a Hub repo id"),
+    ("push-repo-id-dashes", lambda f: ["push", str(f.model), "--repo-id", "org/na--me", "--dry-run"], 2, "no '--' or '..'"),
+    ("push-verification-json", lambda f: ["push", str(f.m_verif), "--repo-id", "me/x", "--token", "t"], 2, "verification.json: invalid JSON at line 1 column 2"),
+    # calibrate
+    ("calibrate-limit-negative", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--limit", "-1"], 2, "argument --limit: expected an integer >= 0 (0 = no limit), got '-1'"),
+    ("calibrate-no-text", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "notext.jsonl")], 2, "notext.jsonl: line 1: field 'text' must be a string (missing)"),
+    ("calibrate-bad-json", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "badjson.jsonl")], 2, "badjson.jsonl: line 2: invalid JSON at column 10"),
+    ("calibrate-truncated-gzip", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "truncated.jsonl.gz")], 2, "truncated.jsonl.gz: truncated or corrupt gzip data"),
+    ("calibrate-missing-corpus", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "nope.jsonl")], 2, "nope.jsonl' is not a file"),
+    ("calibrate-not-utf8", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "latin1.txt")], 2, "latin1.txt: line 1: not valid UTF-8 (byte 0xe9 at column 4)"),
+    ("calibrate-empty", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "empty.txt")], 2, "empty.txt: no texts found"),
+    ("calibrate-dims-word", lambda f: ["calibrate", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=big"], 2, "--dims 'alpha=big': expected a positive integer"),
+    # eval
+    ("eval-limit-negative", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_nan.tsv"), "--limit", "-5"], 2, "expected an integer >= 0 (0 = no limit), got '-5'"),
+    ("eval-sts-no-header", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_noheader.tsv")], 2, "sts_noheader.tsv: header lacks ['score', 'sentence1', 'sentence2']"),
+    ("eval-sts-bad-score", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_badscore.tsv")], 2, "sts_badscore.tsv: line 2: expected a finite score and two sentences"),
+    ("eval-sts-nan-score", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_nan.tsv")], 2, "sts_nan.tsv: line 2: expected a finite score"),
+    ("eval-sts-one-sentence", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_short.tsv")], 2, "sts_short.tsv: line 2: expected a finite score and two sentences"),
+    ("eval-beir-empty-corpus", lambda f: ["eval", str(f.model), "--beir", str(f.beir_empty)], 2, "corpus.jsonl: no documents"),
+    ("eval-beir-no-qrels", lambda f: ["eval", str(f.model), "--beir", str(f.beir_noqrels)], 2, "no qrels/test.tsv; expected a BEIR folder"),
+    ("eval-nothing", lambda f: ["eval", str(f.model)], 2, "nothing to evaluate: pass --sts FILE and/or --beir DIR"),
+    ("eval-device-cuda", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_nan.tsv"), "--device", "cuda:0"], 2, "device 'cuda:0' is not available on this machine; available: ['cpu']"),
+    ("eval-device-name", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_nan.tsv"), "--device", "gpu0"], 2, "device 'gpu0' is not a torch device; valid: cpu, cuda, cuda:N, mps"),
+    ("eval-batch-zero", lambda f: ["eval", str(f.model), "--sts", str(f.root / "sts_nan.tsv"), "--batch-size", "0"], 2, "expected a positive integer, got '0'"),
+    # compare
+    ("compare-k-zero", lambda f: ["compare", str(f.model / "alpha"), str(f.model / "beta"), "--beir", str(f.beir_empty), "--k", "0"], 2, "argument --k: expected a positive integer, got '0'"),
+    ("compare-empty-corpus", lambda f: ["compare", str(f.model / "alpha"), str(f.model / "beta"), "--beir", str(f.beir_empty)], 2, "corpus.jsonl: no documents"),
+    ("compare-one-model", lambda f: ["compare", str(f.model / "alpha"), "--beir", str(f.beir_empty)], 2, "compare needs at least 2 models, got 1"),
+    # embed
+    ("embed-id-field-typo", lambda f: embed(f, "--output", str(f.o), "--id-field", "_idd"), 2, "no valid record in"),
+    ("embed-prompt-typo", lambda f: embed(f, "--output", str(f.o), "--prompt-name", "documnet"), 2, "unknown prompt name 'documnet' for"),
+    ("embed-devices-cuda", lambda f: embed(f, "--output", str(f.o), "--devices", "cuda:0"), 2, "device 'cuda:0' is not available on this machine"),
+    ("embed-dtype", lambda f: embed(f, "--output", str(f.o), "--dtype", "bf16"), 2, "unknown dtype 'bf16'; valid: ['float32', 'float16', 'int8']"),
+    ("embed-engine", lambda f: embed(f, "--output", str(f.o), "--engine", "spark"), 2, "unknown engine 'spark'; valid: ['local', 'ray']"),
+    ("embed-quantization", lambda f: embed(f, "--output", str(f.o), "--quantization", "int4"), 2, "unknown quantization 'int4'; valid: [None, 'int8-dynamic']"),
+    ("embed-shard-zero", lambda f: embed(f, "--output", str(f.o), "--shard-size", "0"), 2, "argument --shard-size: expected a positive integer, got '0'"),
+    ("embed-truncated-gzip", lambda f: embed(f, "--output", str(f.o), input=f.root / "truncated.jsonl.gz"), 2, "truncated.jsonl.gz: truncated or corrupt gzip data"),
+    ("embed-missing-input", lambda f: embed(f, "--output", str(f.o), input=f.root / "nope.jsonl"), 2, "nope.jsonl' is not a file"),
+    ("embed-wrong-extension", lambda f: embed(f, "--output", str(f.o), input=f.root / "corpus.csv"), 2, "expected .jsonl, .jsonl.gz or .parquet"),
+    ("embed-output-is-file", lambda f: embed(f, "--output", str(f.a_file)), 2, "a_file' is a file; give a folder"),
+    ("embed-text-fields-empty", lambda f: embed(f, "--output", str(f.o), "--text-fields", ","), 2, "id_field and text_fields must name fields"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [case[1:] for case in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_cli_rejects_bad_input_with_one_line(bad, tmp_path, capsys, argv, code, message) -> None:
+    files = Files(bad.root, bad.parts, bad.model)
+    files.__dict__["o"] = tmp_path / "out"  # this case's own output folder (the others are bad.root / name)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv(files))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == code, err
+    last = err.strip().splitlines()[-1]  # argparse's own errors print the usage lines first
+    assert last.startswith(f"concat-embed {argv(files)[0]}: error: ") and message in last, err
+    assert "Traceback" not in err, err
+    assert not (tmp_path / "out").exists(), "a refused command left an output folder behind"
+
+
+def load(folder: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+
+
+def set_model_length(f: Files) -> None:
+    load(f.model).max_seq_length = 100000
+
+
+def run_job(f: Files, **settings) -> None:
+    from hub_export.embed import EmbedJob, run_embed
+
+    run_embed(EmbedJob(str(f.model), str(f.root / "corpus.jsonl"), str(f.root / "api-out"), **settings), False)
+
+
+def verify_nan_tolerance(f: Files) -> None:
+    from hub_export.verify import run_verification
+
+    run_verification(f.model, float("nan"))
+
+
+def compare_k0(f: Files) -> None:
+    from hub_export.compare import compare_models
+
+    compare_models([str(f.model / "alpha"), str(f.model / "beta")], f.beir_empty, k=0)
+
+
+def calibrate_negative(f: Files) -> None:
+    from hub_export.calibrate import calibrate_folder
+
+    calibrate_folder(f.model, f.root / "corpus.jsonl", limit=-1)
+
+
+def build_api(f: Files, **options) -> None:
+    from hub_export.build import PartOptions, build_model
+
+    build_model([PartOptions("x", str(f.parts["a"]), **options), PartOptions("y", str(f.parts["b"]))], f.root / "o")
+
+
+API_CASES = [
+    ("config-invalid-json", lambda f: load(f.m_badjson), ValueError, "concat_config.json: invalid JSON at line 1 column 12: Expecting value"),
+    ("config-weight-nan", lambda f: load(f.m_nan_weight), ValueError, "parts[1].weight = nan: expected a finite number > 0"),
+    ("config-weight-inf", lambda f: load(f.m_inf_weight), ValueError, "parts[0].weight = inf: expected a finite number > 0"),
+    ("config-max-seq-over-limit", lambda f: load(f.m_long), ValueError, "parts[0].max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
+    ("config-name-star", lambda f: load(f.m_star), ValueError, "parts[0].name = '*': expected 1-64 letters"),
+    ("config-subfolder-up", lambda f: load(f.m_up), ValueError, "parts[0].subfolder = '../alpha': expected a relative folder inside the model"),
+    ("config-range-nan", lambda f: load(f.m_nan_range), ValueError, "parts[0].quantization = {'int8': {'low': nan"),
+    ("config-trust-not-bool", lambda f: load(f.m_trust), ValueError, "parts[0].trust_remote_code = 'yes': expected true or false"),
+    ("part-modules-invalid-json", lambda f: load(f.m_modules), ValueError, "alpha/modules.json: invalid JSON at line 1 column 3"),
+    ("max-seq-setter", set_model_length, ValueError, "part 'alpha'.max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
+    ("verify-tolerance-nan", verify_nan_tolerance, ValueError, "tolerance = nan: expected a finite number > 0"),
+    ("compare-k-zero", compare_k0, ValueError, "k = 0: expected a positive integer"),
+    ("calibrate-limit-negative", calibrate_negative, ValueError, "limit = -1: expected a positive integer or None"),
+    ("embed-batch-zero", lambda f: run_job(f, batch_size=0), ValueError, "batch_size = 0: expected a positive integer"),
+    ("embed-shard-bool", lambda f: run_job(f, shard_size=True), ValueError, "shard_size = True: expected a positive integer"),
+    ("build-weight-nan", lambda f: build_api(f, weight=float("nan")), ValueError, "--weight x=nan: expected a finite number > 0"),
+    ("build-prompt-name", lambda f: build_api(f, prompts={"qurey": "q"}), ValueError, "unknown prompt name 'qurey'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [case[1:] for case in API_CASES], ids=[c[0] for c in API_CASES])
+def test_api_rejects_bad_input(bad, call, error, message) -> None:
+    with pytest.raises(error) as info:
+        call(bad)
+    assert message in str(info.value)
+    assert not (bad.root / "api-out").exists() and not (bad.root / "o").exists()
+
+
+def test_case_count() -> None:
+    assert len(CLI_CASES) + len(API_CASES) >= 60

@@ -1,0 +1,82 @@
+"""Output folders: never delete what the tool did not write, replace a previous build whole, publish no local paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hub_export import build as build_module
+from hub_export.build import PartOptions, build_model
+from hub_export.files import model_files
+from hub_export.outdir import RECORD
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def parts(tiny_parts: dict[str, Path], names: str = "xy") -> list[PartOptions]:
+    sources = {"x": tiny_parts["a"], "y": tiny_parts["b"], "z": tiny_parts["a2"]}
+    return [PartOptions(name, str(sources[name])) for name in names]
+
+
+def test_user_folder_is_refused_and_its_files_stay(tiny_parts, tmp_path) -> None:
+    out = tmp_path / "out"
+    (out / "x").mkdir(parents=True)
+    (out / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and was not written by concat-embed"):
+        build_model(parts(tiny_parts), out)
+    assert tree(out) == {"x/notes.txt": b"mine"}
+
+
+def test_output_equal_to_a_source_is_refused_and_the_source_is_intact(tiny_parts, tmp_path) -> None:
+    before = tree(tiny_parts["a"])
+    with pytest.raises(ValueError, match="is inside the source"):
+        build_model(parts(tiny_parts), tiny_parts["a"])
+    assert tree(tiny_parts["a"]) == before
+
+
+def test_rebuild_leaves_exactly_the_new_models_files(tiny_parts, tmp_path) -> None:
+    out = build_model(parts(tiny_parts, "xyz"), tmp_path / "out")
+    (out / "verification.json").write_text("{}")  # written later by `verify`: the tool's own file
+    assert (out / "z").is_dir()
+    build_model(parts(tiny_parts, "xy"), out)
+    fresh = build_model(parts(tiny_parts, "xy"), tmp_path / "fresh")
+    assert sorted(tree(out)) == sorted(tree(fresh))
+    assert not (out / "z").exists() and not (out / "verification.json").exists()
+    assert json.loads((out / RECORD).read_text())["files"] == sorted(n for n in tree(out) if n != RECORD)
+
+
+def test_user_file_added_to_a_build_blocks_the_rebuild(tiny_parts, tmp_path) -> None:
+    out = build_model(parts(tiny_parts), tmp_path / "out")
+    (out / "x" / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"holds files concat-embed did not write \(\['x/mine.txt'\]\)"):
+        build_model(parts(tiny_parts), out)
+    assert (out / "x" / "mine.txt").read_text() == "keep me"
+
+
+def test_failed_rebuild_keeps_the_previous_model_and_leaves_no_staging(tiny_parts, tmp_path, monkeypatch) -> None:
+    out = build_model(parts(tiny_parts), tmp_path / "out")
+    before = tree(out)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(build_module, "write_card", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_model(parts(tiny_parts, "xz"), out)
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_published_files_hold_no_local_paths(tiny_parts, tmp_path) -> None:
+    out = build_model(parts(tiny_parts), tmp_path / "out")
+    sources = {str(tiny_parts["a"].parent), str(Path.home()), str(tmp_path)}
+    for name in model_files(out):
+        text = (out / name).read_bytes()
+        assert not any(source.encode() in text for source in sources if len(source) > 1), name
+    config = json.loads((out / "concat_config.json").read_text())
+    assert [p["source"] for p in config["parts"]] == ["a", "b"]
+    assert "| x | a |" in (out / "README.md").read_text()
