@@ -52,9 +52,9 @@ def texts(n_queries: int, n_passages: int) -> tuple[list[str], list[str]]:
     return queries, passages
 
 
-def start_server(model: str, quantization: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, quantization: str | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
     """``concat-embed serve`` on a free port; returns once it announced its address."""
-    args = [sys.executable, "-m", "hub_export", "serve", model, "--port", "0"]
+    args = [sys.executable, "-m", "hub_export", "serve", model, "--port", "0", *extra]
     if quantization:
         args += ["--quantization", quantization]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -125,6 +125,9 @@ def main() -> None:
     parser.add_argument("--quantization", default="none,int8-dynamic", help="comma-separated: none, int8-dynamic")
     parser.add_argument("--modes", default="idle,busy", help="idle and/or busy (two busy-loop processes)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="upper bound per cell")
+    parser.add_argument("--kinds", default="query,passages", help="which requests: query and/or passages")
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--serve-args", default="", help="extra options for `concat-embed serve`")
     args = parser.parse_args()
 
     from hub_export import demo
@@ -145,17 +148,16 @@ def main() -> None:
             spinners = busy_loops(2) if mode == "busy" else []
             try:
                 ceiling = in_process(model_dir, quantization, queries, passages)
-                process, url = start_server(model_dir, quantization)
+                process, url = start_server(model_dir, quantization, args.serve_args.split())
                 try:
                     asyncio.run(drive(url, single[:16], 4, args.max_seconds))  # warm-up
                     label = quantization or "default"
                     say(f"| {label} | {mode} | in-process encode_query, 1 text | 1 | {ceiling['single_p50_ms']:.1f} "
                           f"| | | |")  # fmt: skip
-                    for name, requests, rate in (
-                        ("1 query", single, ceiling["queries/s"]),
-                        ("32 passages", batched, ceiling["passages/s"]),
-                    ):
-                        for concurrency in (1, 8, 64):
+                    kinds = {"query": ("1 query", single, ceiling["queries/s"]),
+                             "passages": ("32 passages", batched, ceiling["passages/s"])}  # fmt: skip
+                    for name, requests, rate in (kinds[kind] for kind in args.kinds.split(",")):
+                        for concurrency in map(int, args.concurrency.split(",")):
                             latencies, sent, wall = asyncio.run(drive(url, requests, concurrency, args.max_seconds))
                             p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
                             say(f"| {label} | {mode} | {name} | {concurrency} | {p50:.1f} | {p99:.1f} "

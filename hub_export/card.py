@@ -65,9 +65,23 @@ embed_model = HuggingFaceEmbedding(
 vector = embed_model.get_query_embedding("what is snowflake?")
 ```
 
-## Verification
+{compression}## Verification
 
 {verification}
+"""
+
+COMPRESSION_SECTION = """## Compression
+
+The concatenation ({source_dimension}-d) is projected to **{dimension} dimensions** by a `{method}`
+projection (`Dense` + `Normalize` after the parts), fitted on `{corpus}` ({texts} texts, sha256
+`{sha}`). It is Matryoshka-ordered: cut it with sentence-transformers' `truncate_dim`
+(`SentenceTransformer(..., truncate_dim=96)` or `encode(..., truncate_dim=96)`) to any of
+{dims}; the first dimensions matter most.
+
+| dims | similarity fidelity (Pearson r of pairwise cosines vs the full concatenation, held-out corpus) |
+|---|---|
+{rows}
+
 """
 
 AUTO_MODEL_USAGE = """All parts share one tokenizer, so the model also loads without sentence-transformers
@@ -86,8 +100,8 @@ with torch.no_grad():
 ```"""
 
 NO_AUTO_MODEL = (
-    "Not available for this model: its parts use different tokenizers, token limits or per-part prompts, "
-    "so one `AutoTokenizer` cannot feed them. Use sentence-transformers."
+    "Not available for this model: its parts use different tokenizers, token limits or per-part prompts "
+    "(so one `AutoTokenizer` cannot feed them), or it is compressed. Use sentence-transformers."
 )
 
 
@@ -153,7 +167,22 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
         if not any(p["truncate_dim"] or p["weight"] != 1.0 for p in parts)
         else " (then truncated/weighted as listed)"
     )
+    compression = _read_json(model_dir / "compression.json")
+    compression_text = ""
+    if compression is not None:
+        dimension = compression["dims"][0]
+        compression_text = COMPRESSION_SECTION.format(
+            source_dimension=compression["source_dimension"],
+            dimension=dimension,
+            method=compression["method"],
+            corpus=compression["corpus"]["name"],
+            texts=compression["corpus"]["texts"],
+            sha=compression["corpus"]["sha256"][:12],
+            dims=", ".join(map(str, compression["dims"])),
+            rows="\n".join(f"| {k} | {v:.4f} |" for k, v in compression["similarity_fidelity"].items()),
+        )
     return CARD_TEMPLATE.format(
+        compression=compression_text,
         metadata=metadata,
         title=repo_id.split("/")[-1],
         n_parts=len(parts),

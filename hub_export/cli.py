@@ -275,10 +275,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from hub_export.server import bound_socket, create_app, load_embedder, run_local
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     sock = bound_socket(args.host, args.port)  # bind first: a busy port fails before the model loads
     embedder = load_embedder(args.model, args.quantization, **limits)
     announce(args.model, f"http://{args.host}:{sock.getsockname()[1]}", "local")
     run_local(create_app(embedder, api_key=api_key), sock)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Fit a Matryoshka projection of the concatenation and write a compressed model folder."""
+    from hub_export.compress import CompressOptions, compress_model
+
+    try:
+        dims = [positive_int(value.strip()) for value in args.dims.split(",")]
+    except ValueError as error:
+        raise ValueError(f"--dims {args.dims!r}: {error}") from None
+    options = CompressOptions(
+        corpus=args.corpus, dims=dims, method=args.method, queries=args.queries, limit=args.limit,
+        epochs=args.epochs, batch_size=args.batch_size,
+    )  # fmt: skip
+    record = compress_model(args.model_dir, args.out, options, progress=not args.no_progress)
+    sys.stdout.write(f"{args.out}\n")
+    for dim, value in record["similarity_fidelity"].items():
+        sys.stdout.write(f"{dim:>6} dims  similarity fidelity {value:.4f}\n")
     return 0
 
 
@@ -411,6 +434,23 @@ def make_parser() -> argparse.ArgumentParser:
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=cmd_embed)
 
+    compress = sub.add_parser("compress", help="project the concatenation to fewer dims (Matryoshka PCA / trained)")
+    compress.add_argument("model_dir", help="combined model folder (not already compressed)")
+    compress.add_argument("--corpus", required=True, help=".jsonl[.gz] with text (and title), or a text file")
+    compress.add_argument("--out", required=True, help="output folder: new, empty, or a previous output")
+    compress.add_argument(
+        "--dims",
+        default="384,192,96,48",
+        help="Matryoshka dimensions, strictly decreasing; the first is the output size",
+    )
+    compress.add_argument("--method", default="trained", help="trained (PCA, then distillation) or pca")
+    compress.add_argument("--queries", default=None, help="queries (.jsonl[.gz] or text) for query-document training")
+    compress.add_argument("--limit", type=limit_int, default=None, help="corpus texts to use (0 or unset = all)")
+    compress.add_argument("--epochs", type=positive_int, default=10, help="training epochs on the cached vectors")
+    compress.add_argument("--batch-size", type=positive_int, default=32, help="encoding batch size")
+    compress.add_argument("--no-progress", action="store_true")
+    compress.set_defaults(func=cmd_compress)
+
     serve = sub.add_parser(
         "serve", help="serve a model over HTTP: OpenAI /v1/embeddings and TEI /embed, /info, /metrics"
     )
@@ -428,6 +468,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--api-key", default=None, help=f"require Authorization: Bearer KEY (default: ${{{'CONCAT_EMBED_API_KEY'}}})"
+    )
+    serve.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads for the model (default: torch's)"
     )
     serve.add_argument("--engine", default="local", help="local (one process) or ray (Ray Serve replicas)")
     serve.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (engine ray)")

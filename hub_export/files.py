@@ -12,6 +12,7 @@ ALLOWED = [
     "modules.json",
     "modeling.py",
     "concat_config.json",
+    "compression.json",
     "config_sentence_transformers.json",
     "config.json",
     "README.md",

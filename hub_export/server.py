@@ -8,11 +8,13 @@ Ray Serve batched method, so both answer the same requests with the same respons
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import socket
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from hub_export.compress import COMPRESSION_FILE
+from hub_export.modeling import read_json
 from hub_export.serving import (
     DynamicBatcher,
     Embedder,
@@ -71,6 +75,57 @@ def error_body(route: str, status: int, message: str, param: str | None = None) 
     return {"error": message, "error_type": kinds.get(status, "Backend")}
 
 
+def reply_error(
+    route: str, status: int, message: str, param: str | None = None, retry_after: int | None = None
+) -> JSONResponse:
+    """An error response in the route's API family, with ``Retry-After`` when given."""
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse(error_body(route, status, message, param), status_code=status, headers=headers)
+
+
+def json_response(data: Any) -> Response:
+    """Serialize a response body once, with orjson when installed (numpy arrays and float lists are fast)."""
+    try:
+        import orjson
+
+        body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    except ImportError:
+        body = json.dumps(data, default=lambda value: value.tolist()).encode()
+    return Response(body, media_type="application/json")
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware: API-key check (every HTTP route but ``/health``), status and latency metrics."""
+
+    def __init__(self, app: Any, api_key: str | None, metrics: Metrics) -> None:
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+        self.expected = f"Bearer {api_key}".encode() if api_key else b""
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route, started, status = scope["path"], time.perf_counter(), [500]
+        if self.api_key and route not in OPEN_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = reply_error(route, 401, "missing or wrong API key: send Authorization: Bearer <key>")
+                self.metrics.requests.labels(route, "401").inc()
+                await response(scope, receive, send)
+                return
+
+        async def send_recording(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recording)
+        finally:
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
 def create_app(
     embedder: Embedder,
     embed: EmbedFn | None = None,
@@ -105,34 +160,16 @@ def create_app(
 
     app = FastAPI(title="concat-embed", lifespan=lifespan)
     app.state.embedder, app.state.metrics, app.state.batcher = embedder, metrics, batcher
-
-    def reply_error(route: str, status: int, message: str, param: str | None = None, retry_after: int | None = None):
-        headers = {"Retry-After": str(retry_after)} if retry_after else None
-        return JSONResponse(error_body(route, status, message, param), status_code=status, headers=headers)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        route, started = request.url.path, time.perf_counter()
-        if api_key and route not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                response = reply_error(route, 401, "missing or wrong API key: send Authorization: Bearer <key>")
-                metrics.requests.labels(route, "401").inc()
-                return response
-        try:
-            response = await call_next(request)
-        except ServerError as error:  # raised inside a route
-            response = reply_error(route, error.status, error.message, error.param, error.retry_after)
-        except Exception as error:  # never crash on a request: answer 500 and keep serving
-            logger.exception("request to %s failed", route)
-            response = reply_error(route, 500, f"internal error: {type(error).__name__}")
-        metrics.requests.labels(route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(GuardMiddleware, api_key=api_key, metrics=metrics)
 
     @app.exception_handler(ServerError)
     async def server_error(request: Request, error: ServerError):
         return reply_error(request.url.path, error.status, error.message, error.param, error.retry_after)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):  # the server keeps answering
+        logger.error("request to %s failed: %r", request.url.path, error)
+        return reply_error(request.url.path, 500, f"internal error: {type(error).__name__}")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
@@ -144,17 +181,17 @@ def create_app(
         return reply_error(request.url.path, 422, f"{where}: {message}", where.split(".")[0])
 
     @app.post("/v1/embeddings")
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> dict[str, Any]:
+    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
         result = await openai_response(embedder, body, embed_fn)
         metrics.texts.inc(len(result["data"]))
         metrics.tokens.inc(result["usage"]["total_tokens"])
-        return result
+        return json_response(result)
 
     @app.post("/embed")
-    async def tei_embed(body: TEIEmbedRequest) -> list[list[float]]:
+    async def tei_embed(body: TEIEmbedRequest) -> Response:
         result = await tei_response(embedder, body, embed_fn)
         metrics.texts.inc(len(result))
-        return result
+        return json_response(result)
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
@@ -181,7 +218,10 @@ def load_embedder(
 
     model_kwargs = {"quantization": quantization} if quantization else None
     loaded = SentenceTransformer(model, trust_remote_code=True, model_kwargs=model_kwargs)
-    return Embedder(loaded, model_id=model, limits=Limits(max_batch_tokens=max_batch_tokens, **limits))
+    record = Path(model) / COMPRESSION_FILE  # a compressed folder's Matryoshka dimensions
+    dims = read_json(record).get("dims", []) if record.is_file() else []
+    limits_ = Limits(max_batch_tokens=max_batch_tokens, **limits)
+    return Embedder(loaded, model_id=model, limits=limits_, recorded_dims=[d for d in dims if isinstance(d, int)])
 
 
 def bound_socket(host: str, port: int) -> socket.socket:

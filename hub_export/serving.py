@@ -104,6 +104,7 @@ class Embedder:
     model: SentenceTransformer
     model_id: str
     limits: Limits = field(default_factory=Limits)
+    recorded_dims: list[int] = field(default_factory=list)
 
     @property
     def dimension(self) -> int:
@@ -113,8 +114,7 @@ class Embedder:
     @property
     def matryoshka_dims(self) -> list[int]:
         """Dimensions a request may ask for: the full one, plus any the model records as Matryoshka prefixes."""
-        recorded = getattr(self.model[0], "matryoshka_dims", None) or []
-        return sorted({self.dimension, *recorded}, reverse=True)
+        return sorted({self.dimension, *self.recorded_dims}, reverse=True)
 
     def check_texts(self, texts: Sequence[str], field_name: str) -> None:
         """413 for too many texts or a text over the character limit."""

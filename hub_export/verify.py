@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.card import diff_cell
+from hub_export.compress import project, read_projection
 from hub_export.files import content_hash
 from hub_export.modeling import read_json
 from hub_export.quantize import unit_rows
@@ -114,12 +115,14 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     diffs: dict[str, float] = {}
     references, views = reference_embeddings(model_dir)
+    projection = read_projection(model_dir)  # a compressed model: parts -> concatenation -> stored projection
+    checks = views + [("concat", slice(None))] if projection is None else [("compressed", slice(None))]
     for task in TASKS:
         ours = model.encode(PROBES, prompt_name=task, convert_to_numpy=True).astype(np.float64)
-        expected = references[task]
+        expected = references[task] if projection is None else project(references[task], *projection)
         if ours.shape != expected.shape:
             raise ValueError(f"{model_dir}: model outputs {ours.shape}, parts give {expected.shape}")
-        for name, cols in views + [("concat", slice(None))]:
+        for name, cols in checks:
             diffs[name] = worst(diffs.get(name, 0.0), max_abs_diff(ours[:, cols], expected[:, cols]))
         if (model_dir / "config.json").is_file():
             auto = auto_model_embeddings(model_dir, model.prompts.get(task, ""))

@@ -91,6 +91,7 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     write(edited_model(built_model, root / "m_modules") / "alpha" / "modules.json", "[{")
     write(edited_model(built_model, root / "m_verif") / "verification.json", "{passed: true}")
     write(edited_model(built_model, root / "m_record") / ".concat-embed-build.json", '{"files": ["../../etc/passwd"]}')
+    write(edited_model(built_model, root / "m_compressed") / "compression.json", '{"dims": [8]}')
     return Files(root, tiny_parts, built_model)
 
 
@@ -184,6 +185,16 @@ CLI_CASES = [
     ("embed-missing-input", lambda f: embed(f, "--output", str(f.o), input=f.root / "nope.jsonl"), 2, "nope.jsonl' is not a file"),
     ("embed-wrong-extension", lambda f: embed(f, "--output", str(f.o), input=f.root / "corpus.csv"), 2, "expected .jsonl, .jsonl.gz or .parquet"),
     ("embed-output-is-file", lambda f: embed(f, "--output", str(f.a_file)), 2, "a_file' is a file; give a folder"),
+    # compress
+    ("compress-dims-increasing", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "12,24"], 2, "--dims [12, 24]: must be strictly decreasing"),
+    ("compress-dims-zero", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "24,0"], 2, "--dims '24,0': expected a positive integer, got '0'"),
+    ("compress-dims-too-large", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "200"], 2, "--dims 200: each dimension must be an integer in [1, 96]"),
+    ("compress-corpus-too-small", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "48"], 2, "23 texts are fewer than the largest dimension 48"),
+    ("compress-method", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--method", "svd"], 2, "unknown method 'svd'; valid: ['pca', 'trained']"),
+    ("compress-out-user-folder", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.user_dir), "--dims", "8"], 2, "is not empty and was not written by concat-embed"),
+    ("compress-out-inside-model", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.model / "small"), "--dims", "8"], 2, "is inside the source"),
+    ("compress-twice", lambda f: ["compress", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8"], 2, "is already compressed (compression.json); compress its uncompressed source instead"),
+    ("compress-not-a-model", lambda f: ["compress", str(f.no_model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o)], 2, "not a combined model folder (no concat_config.json)"),
     ("embed-text-fields-empty", lambda f: embed(f, "--output", str(f.o), "--text-fields", ","), 2, "id_field and text_fields must name fields"),
 ]  # fmt: skip
 

@@ -1,0 +1,138 @@
+"""Quality of compressed concatenations at each Matryoshka dimension (a script, not a test).
+
+Encodes, once, the SciFact corpus (documents), its test queries (query prompt) and the STS-B test
+pairs with a combined model, and caches the vectors. Fits PCA and the trained projection on the
+SciFact corpus only (never its queries or qrels), then reports SciFact test nDCG@10 and STS-B
+Spearman (x100) per dimension for: the full concatenation, each part alone, per-part truncation
+at the same size (each part cut to its share), PCA, and trained; plus fitting time and peak
+memory. The projections are applied exactly as the compressed model applies them
+(``normalize(W x + b)``, cut, re-normalized).
+
+    python benchmarks/compress_bench.py                       # the demo model (768-d)
+    python benchmarks/compress_bench.py --model ./minilm-mpnet --dims 768,384,192,96
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def say(line: str) -> None:
+    """One report line on stdout, flushed."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
+    """Corpus, test queries and STS-B vectors of the full model, cached in ``cache`` (an .npz)."""
+    if cache.is_file():
+        return dict(np.load(cache, allow_pickle=False))
+    from sentence_transformers import SentenceTransformer
+
+    from hub_export.data import document_text, load_beir, load_sts
+
+    corpus, queries, _ = load_beir(DATA / "scifact")
+    first, second, _ = load_sts(DATA / "stsb" / "test.tsv.gz")
+    model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")
+    vectors = {
+        "docs": model.encode_document(
+            [document_text(corpus[d]) for d in corpus], batch_size=32, show_progress_bar=True
+        ),
+        "queries": model.encode_query([queries[q] for q in queries]),
+        "sts1": model.encode(first),
+        "sts2": model.encode(second),
+    }
+    np.savez(cache, **vectors)
+    return vectors
+
+
+def scores(q: np.ndarray, d: np.ndarray, sts1: np.ndarray, sts2: np.ndarray) -> tuple[float, float]:
+    """(nDCG@10, STS-B Spearman) x100 of already shaped vectors."""
+    from scipy.stats import spearmanr
+
+    from hub_export.data import load_beir, load_sts
+    from hub_export.evaluation import retrieval_metrics, unit_rows
+
+    corpus, queries, qrels = load_beir(DATA / "scifact")
+    _, _, gold = load_sts(DATA / "stsb" / "test.tsv.gz")
+    ndcg = retrieval_metrics(unit_rows(q) @ unit_rows(d).T, list(queries), list(corpus), qrels)["ndcg@10"]
+    sts = spearmanr((unit_rows(sts1) * unit_rows(sts2)).sum(axis=1), gold).statistic
+    return 100 * ndcg, 100 * float(sts)
+
+
+def main() -> None:
+    """Fit, evaluate and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="combined model folder (default: the demo model)")
+    parser.add_argument("--dims", default="384,192,96,48")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--cache", default=None, help="where the encoded vectors are cached (.npz)")
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    from hub_export import demo
+    from hub_export.compress import fit_pca, project, train_projection
+    from hub_export.evaluation import part_views
+
+    model_dir = args.model or str(demo.demo_model_dir())
+    dims = [int(d) for d in args.dims.split(",")]
+    cache = Path(args.cache or f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
+    v = encode_all(model_dir, cache)
+    views = part_views(SentenceTransformer(model_dir, trust_remote_code=True, device="cpu"))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    pca_w, pca_b = fit_pca(v["docs"], dims[0])
+    pca_s = time.perf_counter() - started
+    trained_w, trained_b = train_projection(v["docs"], pca_w, pca_b, dims, epochs=args.epochs)
+    trained_s = time.perf_counter() - started - pca_s
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sizes = f"SciFact corpus {len(v['docs'])} docs, {len(v['queries'])} test queries; STS-B {len(v['sts1'])} pairs"
+    say(f"model: {model_dir}; {sizes}")
+    say(f"fit on 2 CPU cores: PCA {pca_s:.1f} s, trained {trained_s:.1f} s ({args.epochs} epochs); "
+        f"peak RSS {rss_after / 1024:.0f} MB (before fitting {rss_before / 1024:.0f} MB)")  # fmt: skip
+    full = scores(v["queries"], v["docs"], v["sts1"], v["sts2"])
+    say("| vectors | dims | bytes (fp32) | SciFact nDCG@10 | STS-B | % of full (nDCG / STS) |")
+    say("|---|---|---|---|---|---|")
+
+    def row(name: str, dim: int, result: tuple[float, float]) -> None:
+        say(f"| {name} | {dim} | {4 * dim} | {result[0]:.2f} | {result[1]:.2f} | "
+            f"{100 * result[0] / full[0]:.1f} / {100 * result[1] / full[1]:.1f} |")  # fmt: skip
+
+    row("full concatenation", v["docs"].shape[1], full)
+    for name, cols in views.items():
+        if name != "concat":
+            row(
+                f"{name} alone",
+                cols.stop - cols.start,
+                scores(*(v[k][:, cols] for k in ("queries", "docs", "sts1", "sts2"))),
+            )
+    parts = [cols for name, cols in views.items() if name != "concat"]
+    for dim in dims:
+        share = dim // len(parts)
+        cut = {
+            k: np.concatenate([unit(v[k][:, c][:, :share]) for c in parts], axis=1)
+            for k in ("queries", "docs", "sts1", "sts2")
+        }
+        row("per-part truncation", share * len(parts), scores(cut["queries"], cut["docs"], cut["sts1"], cut["sts2"]))
+        for name, (w, b) in (("PCA", (pca_w, pca_b)), ("trained", (trained_w, trained_b))):
+            shaped = {k: project(v[k], w, b, dim) for k in ("queries", "docs", "sts1", "sts2")}
+            row(name, dim, scores(shaped["queries"], shaped["docs"], shaped["sts1"], shaped["sts2"]))
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""``concat-embed compress``: a Matryoshka projection of the whole concatenated vector.
+
+The projection is fitted on corpus embeddings of the full model (arXiv 2510.04626, "Compressed
+Concatenation of Small Embedding Models"): ``pca`` is centered PCA (ordered by variance, so its
+prefixes are Matryoshka for free); ``trained`` starts from PCA and trains the matrix by
+distillation on the cached vectors: at every requested dimension the truncated, re-normalized
+projection's cosine similarities (document-document within a batch, and query-document when
+queries are given) should match those of the full vector.
+
+The result is a model folder: the same parts, then a standard sentence-transformers ``Dense``
+(the projection) and ``Normalize``, so sentence-transformers' own ``truncate_dim`` cuts the
+least important dimensions. ``compression.json`` records the method, the corpus (name, size,
+sha256), the dimensions and the measured similarity fidelity per dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hub_export.files import file_sha256, model_files
+from hub_export.modeling import read_json
+from hub_export.outdir import check_output, commit_output, discard, staging_folder
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("pca", "trained")
+COMPRESSION_FILE = "compression.json"
+DENSE_DIR, NORMALIZE_DIR = "1_Dense", "2_Normalize"
+# The AutoModel route returns the concatenation without the projection: not offered for compressed models.
+AUTO_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def parse_dims(dims: Sequence[int], full: int) -> list[int]:
+    """Check Matryoshka dimensions: strictly decreasing, each in ``[1, full]``.
+
+    Raises:
+        ValueError: Naming the first bad value and the valid range.
+    """
+    dims = list(dims)
+    if not dims:
+        raise ValueError("--dims: give at least one dimension, e.g. 384,192,96,48")
+    for value in dims:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= full:
+            raise ValueError(f"--dims {value!r}: each dimension must be an integer in [1, {full}] (the model's size)")
+    if any(a <= b for a, b in zip(dims, dims[1:])):
+        raise ValueError(f"--dims {dims}: must be strictly decreasing (largest first), e.g. 384,192,96,48")
+    return dims
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def fit_pca(vectors: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centered PCA: ``(W [out_dim, d], b [out_dim])`` with ``y = W x + b = W (x - mean)``, by variance.
+
+    Each component's sign makes its largest coefficient positive, so fits are reproducible.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    mean = x.mean(axis=0)
+    centered = x - mean
+    values, vectors_ = np.linalg.eigh(centered.T @ centered / max(len(x) - 1, 1))
+    order = np.argsort(values)[::-1][:out_dim]
+    weight = vectors_[:, order].T
+    signs = np.sign(weight[np.arange(out_dim), np.abs(weight).argmax(axis=1)])
+    weight = weight * signs[:, None]
+    return weight.astype(np.float32), (-weight @ mean).astype(np.float32)
+
+
+def train_projection(
+    docs: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    dims: Sequence[int],
+    queries: np.ndarray | None = None,
+    epochs: int = 10,
+    batch_size: int = 256,
+    lr: float = 1e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distil the full vector's cosine similarities into every Matryoshka prefix of the projection.
+
+    Loss per batch: for each dimension in ``dims``, the mean squared difference between the
+    cosine matrix of the truncated, re-normalized projections and that of the full vectors
+    (documents x documents; queries x documents when ``queries`` are given). AdamW from torch.
+
+    Returns:
+        The trained ``(W, b)``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(weight))
+        linear.bias.copy_(torch.as_tensor(bias))
+    optimizer = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=0.0)
+    x = torch.as_tensor(np.asarray(docs, dtype=np.float32))
+    q = torch.as_tensor(np.asarray(queries, dtype=np.float32)) if queries is not None and len(queries) else None
+    steps = epochs * math.ceil(len(x) / batch_size)
+    with tqdm(total=steps, desc="training projection", unit="step", disable=not progress) as bar:
+        for _ in range(epochs):
+            for index in torch.randperm(len(x), generator=generator).split(batch_size):
+                batch = x[index]
+                target = F.normalize(batch, dim=-1)
+                target_dd = target @ target.T
+                projected = linear(batch)
+                if q is not None:
+                    picked = q[torch.randint(len(q), (min(len(q), batch_size),), generator=generator)]
+                    target_qd = F.normalize(picked, dim=-1) @ target.T
+                    projected_q = linear(picked)
+                loss = torch.zeros(())
+                for k in dims:
+                    docs_k = F.normalize(projected[:, :k], dim=-1)
+                    loss = loss + F.mse_loss(docs_k @ docs_k.T, target_dd)
+                    if q is not None:
+                        loss = loss + F.mse_loss(F.normalize(projected_q[:, :k], dim=-1) @ docs_k.T, target_qd)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                bar.set_postfix(loss=f"{loss.item():.2e}", refresh=False)
+                bar.update(1)
+    return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
+
+
+def project(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """What the compressed model outputs: ``normalize(W x + b)``, cut to ``dim`` and re-normalized."""
+    out = unit(np.asarray(vectors, dtype=np.float64) @ weight.T.astype(np.float64) + bias)
+    return unit(out[:, :dim]) if dim is not None else out
+
+
+def fidelity(full: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: Sequence[int]) -> dict[str, float]:
+    """Per dimension: Pearson correlation of pairwise cosines (compressed vs full) over the given vectors."""
+    reference = unit(full) @ unit(full).T
+    mask = ~np.eye(len(full), dtype=bool)
+    result = {}
+    for k in dims:
+        compressed = project(full, weight, bias, k)
+        result[str(k)] = float(np.corrcoef((compressed @ compressed.T)[mask], reference[mask])[0, 1])
+    return result
+
+
+@dataclass
+class CompressOptions:
+    """What ``compress`` was asked for."""
+
+    corpus: str
+    dims: list[int]
+    method: str = "trained"
+    queries: str | None = None
+    limit: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+
+
+def check_source_model(model_dir: Path) -> None:
+    """Refuse what is not an uncompressed combined model folder."""
+    if not (model_dir / "concat_config.json").is_file():
+        raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
+    if (model_dir / COMPRESSION_FILE).is_file():
+        raise ValueError(
+            f"{model_dir} is already compressed ({COMPRESSION_FILE}); compress its uncompressed source instead "
+            "(projections are not composed)"
+        )
+
+
+def compress_model(
+    model_dir: str | Path, output_dir: str | Path, options: CompressOptions, progress: bool = True
+) -> dict:
+    """Fit the projection on ``options.corpus`` and write the compressed model folder; returns ``compression.json``.
+
+    Raises:
+        ValueError: On bad dims, method, corpus (fewer texts than the largest dim), an already
+            compressed model, or an output folder that holds other files; nothing is written then.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from hub_export.data import read_corpus_texts
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if options.method not in METHODS:
+        raise ValueError(f"unknown method {options.method!r}; valid: {list(METHODS)}")
+    if options.epochs < 1 or options.batch_size < 1:
+        raise ValueError("--epochs and --batch-size must be positive integers")
+    check_source_model(model_dir)
+    check_output(output_dir, [model_dir])
+    texts = read_corpus_texts(options.corpus, options.limit)
+    query_texts = read_corpus_texts(options.queries) if options.queries else []
+    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
+    full_dim = model.get_sentence_embedding_dimension()
+    dims = parse_dims(options.dims, full_dim)
+    if len(texts) < dims[0]:
+        raise ValueError(
+            f"{options.corpus}: {len(texts)} texts are fewer than the largest dimension {dims[0]}; "
+            "give a larger corpus or smaller --dims"
+        )
+    started = time.perf_counter()
+    docs = model.encode_document(texts, batch_size=options.batch_size, show_progress_bar=progress)
+    queries = model.encode_query(query_texts, batch_size=options.batch_size) if query_texts else None
+    encoded = time.perf_counter()
+    if not np.isfinite(docs).all():
+        raise ValueError(f"{model_dir}: the model's outputs on the corpus are not finite; run `verify`")
+    held_out = np.random.default_rng(options.seed).permutation(len(docs))[: min(500, len(docs) // 10 or 1)]
+    weight, bias = fit_pca(docs, dims[0])
+    if options.method == "trained":
+        weight, bias = train_projection(
+            docs, weight, bias, dims, queries, options.epochs, seed=options.seed, progress=progress
+        )
+    fitted = time.perf_counter()
+    record = {
+        "method": options.method,
+        "dims": dims,
+        "source_dimension": full_dim,
+        "corpus": {"name": Path(options.corpus).name, "texts": len(texts), "sha256": file_sha256(options.corpus)},
+        "queries": {"name": Path(options.queries).name, "texts": len(query_texts)} if options.queries else None,
+        "epochs": options.epochs if options.method == "trained" else 0,
+        "similarity_fidelity": fidelity(docs[held_out], weight, bias, dims),
+        "seconds": {"encode": round(encoded - started, 1), "fit": round(fitted - encoded, 1)},
+    }
+    staging = staging_folder(output_dir)
+    try:
+        write_compressed_folder(model_dir, staging, weight, bias, record, name=output_dir.name)
+    except BaseException:
+        discard(staging)
+        raise
+    commit_output(staging, output_dir)
+    return record
+
+
+def write_compressed_folder(
+    model_dir: Path, output_dir: Path, weight: np.ndarray, bias: np.ndarray, record: dict[str, Any], name: str
+) -> None:
+    """The source model's files (without the AutoModel route), then ``1_Dense`` + ``2_Normalize`` and the record."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from hub_export.card import write_card
+
+    for relative in model_files(model_dir):
+        if relative in AUTO_MODEL_FILES or relative in ("verification.json", "README.md"):
+            continue
+        (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_dir / relative, output_dir / relative)
+    modules = read_json(model_dir / "modules.json")
+    modules = [modules[0]] + [
+        {"idx": 1, "name": "1", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"},
+        {"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": "sentence_transformers.models.Normalize"},
+    ]
+    (output_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    dense = output_dir / DENSE_DIR
+    dense.mkdir()
+    dense_config = {"in_features": weight.shape[1], "out_features": weight.shape[0], "bias": True,
+                    "activation_function": "torch.nn.modules.linear.Identity"}  # fmt: skip
+    (dense / "config.json").write_text(json.dumps(dense_config, indent=2) + "\n")
+    save_file({"linear.weight": np.ascontiguousarray(weight, np.float32), "linear.bias": bias.astype(np.float32)},
+              str(dense / "model.safetensors"))  # fmt: skip
+    (output_dir / NORMALIZE_DIR).mkdir()
+    (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_card(output_dir, name)
+
+
+def read_projection(model_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stored ``(W, b)`` of a compressed folder, or None for an uncompressed one."""
+    if not (model_dir / COMPRESSION_FILE).is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(model_dir / DENSE_DIR / "model.safetensors"))
+    return tensors["linear.weight"].astype(np.float64), tensors["linear.bias"].astype(np.float64)

@@ -1,0 +1,129 @@
+"""``compress``: a Matryoshka projection after the concatenation that loads and verifies like any model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from sentence_transformers import SentenceTransformer
+
+from hub_export.compress import CompressOptions, compress_model, fit_pca, train_projection
+from hub_export.files import model_files
+from tests.conftest import QUERY_PROMPT
+from tests.tiny_models import WORDS, reference_part
+
+TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", ""]
+DIMS = [48, 24, 12]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    words = [w for w in WORDS if w.isalpha()]
+    lines = [" ".join(rng.choice(words, size=rng.integers(3, 12))) for _ in range(120)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def compressed(built_model, corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compressed") / "model"
+    compress_model(built_model, out, CompressOptions(str(corpus), DIMS, method="pca"), progress=False)
+    return out
+
+
+def reference(tiny_parts: dict[str, Path], texts: list[str], query: bool) -> np.ndarray:
+    """The 3-part concatenation from plain transformers (as in test_modeling)."""
+    prompt = QUERY_PROMPT if query else ""
+    return torch.cat(
+        [
+            reference_part(tiny_parts["a"], texts, "cls", prompt),
+            reference_part(tiny_parts["b"], texts, "mean", "find: " if query else "", truncate_dim=16, weight=0.5),
+            reference_part(tiny_parts["a2"], texts, "lasttoken", prompt, max_length=32),
+        ],
+        dim=-1,
+    ).numpy()
+
+
+def test_compressed_model_equals_parts_concatenated_and_projected(compressed, tiny_parts) -> None:
+    model = SentenceTransformer(str(compressed), trust_remote_code=True)
+    tensors = load_file(str(compressed / "1_Dense" / "model.safetensors"))
+    weight, bias = tensors["linear.weight"].astype(np.float64), tensors["linear.bias"].astype(np.float64)
+    for method, query in (("encode_query", True), ("encode_document", False)):
+        projected = reference(tiny_parts, TEXTS, query) @ weight.T + bias
+        expected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+        ours = getattr(model, method)(TEXTS)
+        assert ours.shape == (4, 48)
+        assert np.abs(ours - expected).max() <= 1e-5
+    short = SentenceTransformer(str(compressed), trust_remote_code=True, truncate_dim=12).encode_query(TEXTS)
+    assert np.abs(short - model.encode_query(TEXTS)[:, :12]).max() <= 1e-6
+
+
+def test_pca_is_orthonormal_and_ordered_by_variance() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 20)) * np.linspace(3, 0.1, 20)
+    weight, bias = fit_pca(x, 8)
+    assert np.abs(weight @ weight.T - np.eye(8)).max() <= 1e-5
+    variances = ((x @ weight.T.astype(np.float64) + bias) ** 2).mean(axis=0)
+    assert np.all(np.diff(variances) < 0) and abs(((x - x.mean(0)) @ weight.T + 0).mean()) < 1e-5
+
+
+def similarity_loss(docs: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: list[int]) -> float:
+    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    target = unit @ unit.T
+    total = 0.0
+    for k in dims:
+        y = (docs @ weight.T + bias)[:, :k]
+        y = y / np.linalg.norm(y, axis=1, keepdims=True)
+        total += float(((y @ y.T - target) ** 2).mean())
+    return total
+
+
+def test_training_lowers_the_distillation_loss_from_pca(built_model, corpus) -> None:
+    model = SentenceTransformer(str(built_model), trust_remote_code=True)
+    docs = model.encode_document(corpus.read_text().splitlines())
+    weight, bias = fit_pca(docs, 24)
+    trained_w, trained_b = train_projection(
+        docs, weight, bias, [24, 12, 6], epochs=30, batch_size=64, lr=1e-3, progress=False
+    )
+    before, after = (
+        similarity_loss(docs, weight, bias, [24, 12, 6]),
+        similarity_loss(docs, trained_w, trained_b, [24, 12, 6]),
+    )
+    assert after < 0.9 * before, (before, after)
+
+
+def test_compressed_folder_verifies_publishes_and_documents_itself(compressed) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub_export", "verify", str(compressed)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compressed" in done.stdout and "PASSED" in done.stdout
+    files = model_files(compressed)
+    assert {"compression.json", "1_Dense/config.json", "1_Dense/model.safetensors", "verification.json"} <= set(files)
+    assert "config.json" not in files  # no AutoModel route: it would skip the projection
+    record = json.loads((compressed / "compression.json").read_text())
+    assert (record["method"], record["dims"], record["source_dimension"]) == ("pca", DIMS, 96)
+    assert record["corpus"]["name"] == "corpus.txt" and record["corpus"]["texts"] == 120
+    fidelity = [record["similarity_fidelity"][str(k)] for k in DIMS]
+    assert all(0.5 < value <= 1.0 for value in fidelity)
+    card = (compressed / "README.md").read_text()
+    assert "## Compression" in card and "**48 dimensions**" in card and "truncate_dim" in card
+
+
+def test_server_accepts_the_recorded_matryoshka_dims(compressed) -> None:
+    from hub_export.server import load_embedder
+    from hub_export.serving import ServerError
+
+    embedder = load_embedder(str(compressed))
+    assert embedder.matryoshka_dims == DIMS
+    assert embedder.check_dimensions(24) == 24
+    with pytest.raises(ServerError, match=r"dimensions = 30: this model supports \[48, 24, 12\]"):
+        embedder.check_dimensions(30)
