@@ -30,6 +30,8 @@ except ImportError:  # sentence-transformers 5.x
 
 logger = logging.getLogger(__name__)
 
+# --- Constants and the configuration schema (concat_config.json) ---
+
 CONFIG_FILE = "concat_config.json"
 POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
@@ -243,6 +245,9 @@ def parse_concat_config(data: Any, where: str = CONFIG_FILE) -> tuple[list[PartS
     return specs, normalize_output
 
 
+# --- sentence-transformers 5.x / 6.x compatibility ---
+
+
 def _st_module_class(type_ref: str, where: str) -> type[nn.Module]:
     """Resolve a standard sentence-transformers module type named in a part's ``modules.json``."""
     class_name = type_ref.rsplit(".", 1)[-1]
@@ -273,6 +278,9 @@ def embedding_dimension_of(module: nn.Module) -> int | None:
         if hasattr(module, name):
             return getattr(module, name)()
     return None
+
+
+# --- Tokenization and CPU row chunks ---
 
 
 def tokenize_texts(transformer: nn.Module, texts: list[str], prompt: str | None) -> dict[str, Tensor]:
@@ -334,6 +342,9 @@ def _tokenizer_fingerprint(transformer: nn.Module) -> str:
             getattr(transformer, "do_lower_case", False),
         ]
     )
+
+
+# --- Part IO: saving and loading one part ---
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -440,6 +451,9 @@ def load_part(
         check_token_limit(modules[0], spec.max_seq_length, where)
         modules[0].max_seq_length = spec.max_seq_length
     return nn.Sequential(*modules)
+
+
+# --- The sentence-transformers module ---
 
 
 class ConcatEmbedding(InputModule):
@@ -745,6 +759,9 @@ class ConcatEmbedding(InputModule):
             prompts = st_config.get("prompts") if isinstance(st_config, dict) else None
             module.model_prompts = dict(prompts) if isinstance(prompts, dict) else {}
         return module
+
+
+# --- The transformers AutoModel route ---
 
 
 class ConcatConfig(PretrainedConfig):

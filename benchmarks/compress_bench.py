@@ -60,7 +60,8 @@ def scores(q: np.ndarray, d: np.ndarray, sts1: np.ndarray, sts2: np.ndarray) -> 
     from scipy.stats import spearmanr
 
     from hub_export.data import load_beir, load_sts
-    from hub_export.evaluation import retrieval_metrics, unit_rows
+    from hub_export.evaluation import retrieval_metrics
+    from hub_export.vectors import unit_rows
 
     corpus, queries, qrels = load_beir(DATA / "scifact")
     _, _, gold = load_sts(DATA / "stsb" / "test.tsv.gz")
@@ -83,6 +84,7 @@ def main() -> None:
     from hub_export import demo
     from hub_export.compress import fit_pca, project, train_projection
     from hub_export.evaluation import part_views
+    from hub_export.vectors import unit_rows
 
     model_dir = args.model or str(demo.demo_model_dir())
     dims = [int(d) for d in args.dims.split(",")]
@@ -120,18 +122,13 @@ def main() -> None:
     for dim in dims:
         share = dim // len(parts)
         cut = {
-            k: np.concatenate([unit(v[k][:, c][:, :share]) for c in parts], axis=1)
+            k: np.concatenate([unit_rows(v[k][:, c][:, :share]) for c in parts], axis=1)
             for k in ("queries", "docs", "sts1", "sts2")
         }
         row("per-part truncation", share * len(parts), scores(cut["queries"], cut["docs"], cut["sts1"], cut["sts2"]))
         for name, (w, b) in (("PCA", (pca_w, pca_b)), ("trained", (trained_w, trained_b))):
             shaped = {k: project(v[k], w, b, dim) for k in ("queries", "docs", "sts1", "sts2")}
             row(name, dim, scores(shaped["queries"], shaped["docs"], shaped["sts1"], shaped["sts2"]))
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm."""
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 if __name__ == "__main__":

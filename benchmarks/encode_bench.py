@@ -178,7 +178,7 @@ def serve(config: str, device: str, quick: bool) -> None:
     import transformers  # noqa: F401
 
     from hub_export.data import load_sts
-    from hub_export.evaluation import cosine_rows
+    from hub_export.vectors import cosine_rows
 
     def answer(data: dict) -> None:
         sys.stdout.write(ANSWER + json.dumps(data) + "\n")

@@ -58,10 +58,12 @@ def start_server(model: str, quantization: str | None, extra: list[str]) -> tupl
     if quantization:
         args += ["--quantization", quantization]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    line = process.stderr.readline()
-    if not line.startswith("serving "):
+    for line in process.stderr:  # library warnings may come first
+        if line.startswith("serving "):
+            break
+    else:
         process.kill()
-        raise RuntimeError(f"server did not start: {line}{process.stderr.read()[-2000:]}")
+        raise RuntimeError(f"server did not start: {process.stderr.read()[-2000:]}")
     return process, line.split(" on ")[1].split()[0]
 
 

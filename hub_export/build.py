@@ -14,7 +14,6 @@ import torch
 import transformers
 
 from hub_export.card import write_card
-from hub_export.hub import resolve_source
 from hub_export.modeling import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -25,7 +24,7 @@ from hub_export.modeling import (
     pooling_mode_of,
 )
 from hub_export.outdir import check_output, commit_output, discard, staging_folder
-from hub_export.sources import load_source
+from hub_export.sources import load_source, resolve_source
 
 logger = logging.getLogger(__name__)
 

@@ -7,14 +7,19 @@ import logging
 from pathlib import Path
 
 from hub_export.data import read_corpus_texts
-from hub_export.modeling import CONFIG_FILE, read_json
+from hub_export.files import read_json
+from hub_export.modeling import CONFIG_FILE
 from hub_export.quantize import calibrate
 
 logger = logging.getLogger(__name__)
 
 
 def calibrate_folder(
-    model_dir: str | Path, corpus: str | Path, limit: int | None = 2000, dims: dict[str, int] | None = None
+    model_dir: str | Path,
+    corpus: str | Path,
+    limit: int | None = 2000,
+    dims: dict[str, int] | None = None,
+    progress: bool = False,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Encode a corpus sample as documents, compute per-part ranges and store them in ``concat_config.json``.
 
@@ -26,14 +31,23 @@ def calibrate_folder(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit = {limit!r}: expected a positive integer or None (all texts)")
     model_dir = Path(model_dir)
+    if (model_dir / "compression.json").is_file():
+        raise ValueError(
+            f"{model_dir} is compressed: its vector has no per-part columns to calibrate; "
+            "`eval` measures int8 and binary per Matryoshka dimension directly"
+        )
     texts = read_corpus_texts(corpus, limit)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
-    embeddings = model.encode_document(texts)
+    embeddings = model.encode_document(texts, show_progress_bar=progress)
     result = calibrate(embeddings, model[0].specs, dims)
     config_path = model_dir / CONFIG_FILE
     config = read_json(config_path)
     for part in config["parts"]:
         part["quantization"] = result[part["name"]]
     config_path.write_text(json.dumps(config, indent=4) + "\n")
-    logger.info("Calibrated %s on %d texts; run `concat-embed verify` again before pushing", model_dir, len(embeddings))
+    if (model_dir / "verification.json").is_file():
+        logger.warning(
+            "calibrate changed %s: its verification no longer holds; run `concat-embed verify` again", CONFIG_FILE
+        )
+    logger.info("Calibrated %s on %d texts", model_dir, len(embeddings))
     return result

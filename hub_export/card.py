@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hub_export.modeling import read_json
+from hub_export.files import read_json
 
 CARD_TEMPLATE = """---
 {metadata}

@@ -8,10 +8,13 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from hub_export.build import PartOptions, build_model
+if TYPE_CHECKING:
+    from hub_export.build import PartOptions
 
 T = TypeVar("T")
 logger = logging.getLogger("hub_export")
@@ -80,6 +83,8 @@ def positive_float(raw: str) -> float:
 
 def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
     """Turn the ``build`` options into :class:`PartOptions`, validating every name and value."""
+    from hub_export.build import PartOptions
+
     sources = [split_assignment(value, "--part") for value in args.part]
     names = [name for name, _ in sources]
     if len(set(names)) != len(names):
@@ -115,6 +120,8 @@ def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a combined model folder."""
+    from hub_export.build import build_model
+
     prompts = dict(split_assignment(value, "--prompt") for value in args.prompt or [])
     out = build_model(
         parts_from_args(args),
@@ -132,23 +139,21 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a model folder in a fresh process; exit 1 when a difference exceeds the tolerance."""
-    from hub_export.card import write_card
     from hub_export.verify import format_report, run_verification
 
     record = run_verification(args.model_dir, args.tolerance)
-    write_card(args.model_dir)
     sys.stdout.write(format_report(record) + "\n")
     return 0 if record["passed"] else 1
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push a verified model folder to the Hub in one commit (or list what would be pushed)."""
-    from hub_export.hub import check_repo_id
     from hub_export.push import dry_run_listing, push_model
+    from hub_export.sources import check_repo_id
 
     if args.dry_run:
         check_repo_id(args.repo_id)
-        sys.stdout.write(dry_run_listing(args.model_dir, args.allow_pickle) + "\n")
+        sys.stdout.write(dry_run_listing(args.model_dir, args.allow_pickle, args.skip_verify) + "\n")
         return 0
     url = push_model(
         args.model_dir,
@@ -174,7 +179,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             dims[name] = positive_int(raw)
         except ValueError as error:
             raise ValueError(f"--dims {value!r}: {error}") from None
-    result = calibrate_folder(args.model_dir, args.corpus, args.limit, dims)
+    result = calibrate_folder(args.model_dir, args.corpus, args.limit, dims, progress=True)
     for name, schemes in result.items():
         for scheme, entry in schemes.items():
             sys.stdout.write(
@@ -196,10 +201,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from hub_export.devices import check_devices
     from hub_export.evaluation import evaluate_model, format_table
+    from hub_export.files import read_json
 
     check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
-    rows = evaluate_model(model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size)
+    record = Path(args.model) / "compression.json"  # a compressed folder: rows per Matryoshka dimension
+    dims = read_json(record).get("dims") if record.is_file() else None
+    rows = evaluate_model(
+        model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size, matryoshka_dims=dims,
+        progress=True,
+    )  # fmt: skip
     sys.stdout.write(format_table(rows) + "\n")
     write_json_output(args.json, rows)
     return 0
@@ -210,8 +221,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hub_export.compare import compare_models, format_comparison, write_heatmap
 
     result = compare_models(
-        args.models, args.beir, args.max_queries, args.max_docs, args.k, trust_remote_code=args.trust_remote_code
-    )
+        args.models, args.beir, args.max_queries, args.max_docs, args.k, trust_remote_code=args.trust_remote_code,
+        progress=True,
+    )  # fmt: skip
     sys.stdout.write(format_comparison(result) + "\n")
     sys.stdout.write(f"heat map: {write_heatmap(result, args.png)}\n")
     write_json_output(args.json, result)
@@ -518,11 +530,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.verbose:  # no library chatter: load reports, weight-loading bars
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+    if not args.verbose:  # no library chatter: load reports, weight-loading bars (read at import)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.")  # int8 API deprecation
+        if "transformers" in sys.modules:  # already imported (e.g. main() called in-process)
+            transformers = sys.modules["transformers"]
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
     try:
         return args.func(args)
     except ValueError as error:  # bad input: usage

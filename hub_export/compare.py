@@ -17,7 +17,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir
-from hub_export.evaluation import retrieval_metrics, unit_rows
+from hub_export.evaluation import retrieval_metrics
+from hub_export.vectors import unit_rows
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -52,6 +53,7 @@ def compare_models(
     max_docs: int | None = None,
     k: int = 10,
     trust_remote_code: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Encode a BEIR sample with each model and compute pairwise similarity and concatenation gains.
 
@@ -62,6 +64,7 @@ def compare_models(
         max_queries, max_docs: Subsample sizes (see :func:`hub_export.evaluation.load_beir`).
         k: Depth of the retrieval overlap.
         trust_remote_code: Passed to ``SentenceTransformer``.
+        progress: Show a progress bar per encoded set.
 
     Returns:
         ``{"models", "ndcg@10", "concat ndcg@10", "pairs": [...], "cka" and "jaccard" matrices}``.
@@ -77,8 +80,8 @@ def compare_models(
     docs, scores, ndcg = [], [], []
     for path in model_paths:
         model = SentenceTransformer(path, trust_remote_code=trust_remote_code, device="cpu")
-        d = unit_rows(model.encode_document([document_text(corpus[i]) for i in doc_ids]))
-        q = unit_rows(model.encode_query([queries[i] for i in query_ids]))
+        d = unit_rows(model.encode_document([document_text(corpus[i]) for i in doc_ids], show_progress_bar=progress))
+        q = unit_rows(model.encode_query([queries[i] for i in query_ids], show_progress_bar=progress))
         docs.append(d)
         scores.append(q @ d.T)
         ndcg.append(100 * retrieval_metrics(scores[-1], query_ids, doc_ids, qrels)["ndcg@10"])

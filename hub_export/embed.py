@@ -25,8 +25,8 @@ import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
 from hub_export.devices import check_devices
-from hub_export.files import file_sha256
-from hub_export.modeling import RUNTIME_QUANTIZATION, read_json
+from hub_export.files import file_sha256, read_json
+from hub_export.modeling import RUNTIME_QUANTIZATION
 
 if TYPE_CHECKING:
     from hub_export.quantize import PartLayout
@@ -246,6 +246,8 @@ class _Encoder:
             job.model, trust_remote_code=True, revision=job.revision, device="cpu", model_kwargs=model_kwargs
         )
         self.layouts = None
+        if job.dtype == "int8" and len(self.model) > 1:
+            raise ValueError(f"{job.model} is compressed: --dtype int8 needs per-part calibration; use float16")
         if job.dtype == "int8":
             from hub_export.quantize import part_layouts
 
@@ -260,7 +262,8 @@ class _Encoder:
             from hub_export.quantize import bytes_per_vector
 
             return bytes_per_vector(self.layouts, "int8")
-        return self.model.get_sentence_embedding_dimension()
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return dimension()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         kwargs = {"pool": self.pool} if self.pool is not None else {}

@@ -24,8 +24,8 @@ from hub_export.quantize import (
     part_layouts,
     prepare_queries,
     quantize,
-    unit_rows,
 )
+from hub_export.vectors import cosine_rows, unit_rows
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -42,11 +42,6 @@ def part_views(model: SentenceTransformer) -> dict[str, slice]:
         start += spec.output_dimension
     views["concat"] = slice(0, start)
     return views
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity."""
-    return (unit_rows(a) * unit_rows(b)).sum(axis=1)
 
 
 def sts_spearman(
@@ -121,8 +116,14 @@ def evaluate_model(
     beir: str | Path | None = None,
     limit: int | None = None,
     batch_size: int = 32,
+    matryoshka_dims: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows ``{view, setting, sts, ndcg@10, recall@100, bytes, encode_s}`` (scores x 100).
+
+    For an uncompressed model: each part alone and the concatenation, at float32 and each
+    calibrated scheme. For a compressed model (modules after the concatenation): one view per
+    Matryoshka dimension (``matryoshka_dims``, default the output size) at float32, int8 and binary.
 
     Args:
         model: A loaded combined model (``SentenceTransformer`` with a ``ConcatEmbedding``).
@@ -131,6 +132,8 @@ def evaluate_model(
         limit: Subsample: STS pairs, and BEIR queries (their relevant documents plus up to
             ``10 * limit`` documents in all).
         batch_size: Encoding batch size.
+        matryoshka_dims: The dimensions a compressed model records (``compression.json``).
+        progress: Show a progress bar per encoded set (texts/s, ETA).
     """
     if sts is None and beir is None:
         raise ValueError("nothing to evaluate: pass --sts FILE and/or --beir DIR")
@@ -140,14 +143,21 @@ def evaluate_model(
     encoded: dict[str, Any] = {}
     if sts is not None:
         first, second, gold = load_sts(sts, limit)
-        encoded["sts"] = (model.encode(first, batch_size=batch_size), model.encode(second, batch_size=batch_size), gold)
+        kwargs = {"batch_size": batch_size, "show_progress_bar": progress}
+        encoded["sts"] = (model.encode(first, **kwargs), model.encode(second, **kwargs), gold)
     if beir is not None:
         corpus, queries, qrels = load_beir(beir, max_queries=limit, max_docs=10 * limit if limit else None)
         doc_ids, query_ids = list(corpus), list(queries)
-        docs = model.encode_document([document_text(corpus[d]) for d in doc_ids], batch_size=batch_size)
-        encoded["beir"] = (model.encode_query([queries[q] for q in query_ids], batch_size=batch_size), docs)
+        kwargs = {"batch_size": batch_size, "show_progress_bar": progress}
+        docs = model.encode_document([document_text(corpus[d]) for d in doc_ids], **kwargs)
+        encoded["beir"] = (model.encode_query([queries[q] for q in query_ids], **kwargs), docs)
     total_seconds = time.perf_counter() - started
     timer.remove()
+    if len(model) > 1:  # compressed: the parts' columns are gone, the Matryoshka prefixes are the views
+        dims = list(matryoshka_dims or [model.get_sentence_embedding_dimension()])
+        return matryoshka_rows(
+            encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {}
+        )
 
     names = [spec.name for spec in concat.specs]
     rows = []
@@ -169,6 +179,66 @@ def evaluate_model(
                 row |= {k: 100 * v for k, v in retrieval_metrics(scores, query_ids, doc_ids, qrels).items()}
             row["bytes"] = bytes_per_vector(layouts, scheme)
             row["encode_s"] = total_seconds if view == "concat" else timer.seconds[view]
+            rows.append(row)
+    return rows
+
+
+MATRYOSHKA_SETTINGS = ("float32", "int8", "binary")
+RESCORE_MULTIPLIER = 4  # binary search keeps 4 x the needed candidates for float rescoring
+
+
+def matryoshka_codes(docs: np.ndarray, setting: str) -> tuple[np.ndarray, int]:
+    """Documents as stored and read back for ``setting``, and the bytes per vector.
+
+    int8: per-dimension ranges from these documents (as sentence-transformers' ``quantize_embeddings``
+    calibrates), 256 levels; binary: the sign bits, read back as +1 / -1.
+    """
+    if setting == "float32":
+        return docs, 4 * docs.shape[1]
+    if setting == "int8":
+        low, high = docs.min(axis=0), docs.max(axis=0)
+        step = np.where(high > low, (high - low) / 255, 1.0)
+        return np.rint((docs - low) / step) * step + low, docs.shape[1]
+    return np.where(docs > 0, 1.0, -1.0), (docs.shape[1] + 7) // 8
+
+
+def binary_rescored(queries: np.ndarray, doc_signs: np.ndarray, depth: int) -> np.ndarray:
+    """Scores of a binary search with float rescoring: Hamming-nearest ``RESCORE_MULTIPLIER * depth``
+    candidates by binary query, rescored by the float query (others score -inf)."""
+    hamming = np.where(queries > 0, 1.0, -1.0) @ doc_signs.T
+    keep = min(doc_signs.shape[0], RESCORE_MULTIPLIER * depth)
+    candidates = np.argpartition(-hamming, keep - 1, axis=1)[:, :keep]
+    scores = np.full(hamming.shape, -np.inf)
+    rows = np.arange(len(queries))[:, None]
+    scores[rows, candidates] = (queries[:, None, :] * doc_signs[candidates]).sum(axis=-1)
+    return scores
+
+
+def matryoshka_rows(
+    encoded: dict[str, Any],
+    dims: Sequence[int],
+    seconds: float,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: dict[str, dict[str, int]],
+) -> list[dict[str, Any]]:
+    """Rows of a compressed model: per Matryoshka dimension, float32 / int8 / binary (float-rescored)."""
+    rows = []
+    for dim in dims:
+        for setting in MATRYOSHKA_SETTINGS:
+            row: dict[str, Any] = {"view": f"{dim}d", "setting": setting}
+            if "sts" in encoded:
+                left, right, gold = encoded["sts"]
+                a, _ = matryoshka_codes(unit_rows(left[:, :dim]), setting)
+                b, _ = matryoshka_codes(unit_rows(right[:, :dim]), setting)
+                row["sts"] = 100 * float(spearmanr(cosine_rows(a, b), gold).statistic)
+            if "beir" in encoded:
+                q, d = (unit_rows(x[:, :dim]) for x in encoded["beir"])
+                stored, _ = matryoshka_codes(d, setting)
+                scores = binary_rescored(q, stored, 100) if setting == "binary" else q @ unit_rows(stored).T
+                row |= {k: 100 * v for k, v in retrieval_metrics(scores, query_ids, doc_ids, qrels).items()}
+            row["bytes"] = matryoshka_codes(np.zeros((1, dim)), setting)[1]
+            row["encode_s"] = seconds
             rows.append(row)
     return rows
 

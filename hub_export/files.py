@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 ALLOWED = [
     "modules.json",
@@ -32,8 +34,24 @@ ALLOWED = [
     "model.safetensors.index.json",
     "model-*-of-*.safetensors",
 ]
-PICKLES = ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json"]
+# The one list of pickle weight files: never downloaded, accepted or published unless --allow-pickle.
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]
+PICKLE_INDEX = "pytorch_model.bin.index.json"
 UNHASHED = {"README.md", "verification.json"}
+
+
+def read_json(path: str | os.PathLike, where: str | None = None) -> Any:
+    """Decode a JSON file; invalid JSON raises ``ValueError`` naming the file, line and column.
+
+    The package's one reader of JSON files (``modeling.py`` keeps its own copy: it ships alone as remote code).
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{where or path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
 
 
 def model_files(model_dir: str | Path, allow_pickle: bool = False) -> list[str]:
@@ -44,7 +62,7 @@ def model_files(model_dir: str | Path, allow_pickle: bool = False) -> list[str]:
     ``allow_pickle``) is left out.
     """
     root = Path(model_dir)
-    patterns = ALLOWED + (PICKLES if allow_pickle else [])
+    patterns = ALLOWED + ([*PICKLE_PATTERNS, PICKLE_INDEX] if allow_pickle else [])
     selected = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         base = Path(folder)

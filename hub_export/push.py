@@ -6,9 +6,8 @@ import logging
 from pathlib import Path
 
 from hub_export.card import write_card
-from hub_export.files import content_hash, model_files
-from hub_export.hub import check_repo_id
-from hub_export.modeling import read_json
+from hub_export.files import content_hash, model_files, read_json
+from hub_export.sources import check_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +54,7 @@ def push_model(
 
     check_repo_id(repo_id)
     model_dir = Path(model_dir)
+    check_model_folder(model_dir)
     if not skip_verify:
         check_verified(model_dir)
     token = token or get_token()
@@ -78,11 +78,24 @@ def push_model(
     return info.commit_url
 
 
-def dry_run_listing(model_dir: str | Path, allow_pickle: bool = False) -> str:
-    """What ``push`` would upload: one ``size  path`` line per file and a total."""
+def check_model_folder(model_dir: Path) -> None:
+    """Refuse a path that is not a combined model folder."""
+    if not (model_dir / "concat_config.json").is_file():
+        raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
+
+
+def dry_run_listing(model_dir: str | Path, allow_pickle: bool = False, skip_verify: bool = False) -> str:
+    """What ``push`` would upload (one ``size  path`` line per file, a total) and whether it would be refused."""
     model_dir = Path(model_dir)
+    check_model_folder(model_dir)
     files = model_files(model_dir, allow_pickle=allow_pickle)
     sizes = [(model_dir / f).stat().st_size for f in files]
     lines = [f"{size:>12,}  {path}" for path, size in zip(files, sizes)]
     lines.append(f"{sum(sizes):>12,}  total ({len(files)} files)")
+    try:
+        if not skip_verify:
+            check_verified(model_dir)
+        lines.append("a real push would send these files" + (" (verification skipped)" if skip_verify else ""))
+    except ValueError as error:
+        lines.append(f"a real push would be refused: {error}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hub_export.modeling import QUANT_SCHEMES, PartSpec
+from hub_export.vectors import unit_rows
 
 LEVELS = {"int8": 256, "int4": 16}
 CALIBRATION_TAIL = {"int8": 1e-4, "int4": 5e-3}
@@ -69,11 +70,6 @@ def part_layouts(
                 )
         start += width
     return layouts
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm."""
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def shape_parts(embeddings: np.ndarray, layouts: Sequence[PartLayout]) -> list[np.ndarray]:

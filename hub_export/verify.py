@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.card import diff_cell
+from hub_export.card import diff_cell, write_card
 from hub_export.compress import project, read_projection
-from hub_export.files import content_hash
-from hub_export.modeling import read_json
-from hub_export.quantize import unit_rows
+from hub_export.files import content_hash, read_json
+from hub_export.vectors import unit_rows
 
 PROBES = [
     "what is snowflake?",
@@ -138,7 +137,8 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
 
 
 def run_verification(model_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Verify ``model_dir`` in a fresh Python process (outside the project folder) and return the record."""
+    """Verify ``model_dir`` in a fresh Python process (outside the project folder), refresh its model card
+    with the result, and return the record (also written to ``verification.json``)."""
     check_tolerance(tolerance)
     model_dir = Path(model_dir).resolve()
     if not (model_dir / "concat_config.json").is_file():
@@ -159,7 +159,9 @@ def run_verification(model_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE
             f"verification of {model_dir} failed: {lines[-1] if lines else f'exit code {run.returncode}'} "
             "(run with -v for the child's log)"
         )
-    return read_json(model_dir / "verification.json")
+    record = read_json(model_dir / "verification.json")
+    write_card(model_dir)
+    return record
 
 
 def format_report(record: dict) -> str:

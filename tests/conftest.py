@@ -27,7 +27,7 @@ def tiny_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-QUERY_PROMPT = "Represent this sentence for searching relevant passages: "
+from tests.constants import QUERY_PROMPT  # noqa: E402
 
 
 @pytest.fixture(scope="session")

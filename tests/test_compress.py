@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file
 from sentence_transformers import SentenceTransformer
 
 from hub_export.compress import CompressOptions, compress_model, fit_pca, train_projection
 from hub_export.files import model_files
-from tests.conftest import QUERY_PROMPT
-from tests.tiny_models import WORDS, reference_part
+from tests.tiny_models import WORDS, built_model_reference
 
 TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", ""]
 DIMS = [48, 24, 12]
@@ -39,25 +37,12 @@ def compressed(built_model, corpus, tmp_path_factory) -> Path:
     return out
 
 
-def reference(tiny_parts: dict[str, Path], texts: list[str], query: bool) -> np.ndarray:
-    """The 3-part concatenation from plain transformers (as in test_modeling)."""
-    prompt = QUERY_PROMPT if query else ""
-    return torch.cat(
-        [
-            reference_part(tiny_parts["a"], texts, "cls", prompt),
-            reference_part(tiny_parts["b"], texts, "mean", "find: " if query else "", truncate_dim=16, weight=0.5),
-            reference_part(tiny_parts["a2"], texts, "lasttoken", prompt, max_length=32),
-        ],
-        dim=-1,
-    ).numpy()
-
-
 def test_compressed_model_equals_parts_concatenated_and_projected(compressed, tiny_parts) -> None:
     model = SentenceTransformer(str(compressed), trust_remote_code=True)
     tensors = load_file(str(compressed / "1_Dense" / "model.safetensors"))
     weight, bias = tensors["linear.weight"].astype(np.float64), tensors["linear.bias"].astype(np.float64)
     for method, query in (("encode_query", True), ("encode_document", False)):
-        projected = reference(tiny_parts, TEXTS, query) @ weight.T + bias
+        projected = built_model_reference(tiny_parts, TEXTS, query).numpy() @ weight.T + bias
         expected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
         ours = getattr(model, method)(TEXTS)
         assert ours.shape == (4, 48)
@@ -127,3 +112,38 @@ def test_server_accepts_the_recorded_matryoshka_dims(compressed) -> None:
     assert embedder.check_dimensions(24) == 24
     with pytest.raises(ServerError, match=r"dimensions = 30: this model supports \[48, 24, 12\]"):
         embedder.check_dimensions(30)
+
+
+def test_eval_of_a_compressed_model_has_rows_per_dimension_and_storage(compressed, tmp_path) -> None:
+    from hub_export.evaluation import evaluate_model, retrieval_metrics
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": "", "text": f"{w} snow flake {w} dog"} for i, w in enumerate(WORDS[:30])]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [{"_id": f"q{i}", "text": f"{WORDS[i]} snow"} for i in range(6)]
+    (beir / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(6))
+    )
+    model = SentenceTransformer(str(compressed), trust_remote_code=True)
+    rows = evaluate_model(model, beir=beir, matryoshka_dims=DIMS)
+    assert [(r["view"], r["setting"], r["bytes"]) for r in rows[:3]] == [
+        ("48d", "float32", 192),
+        ("48d", "int8", 48),
+        ("48d", "binary", 6),
+    ]
+    assert [r["view"] for r in rows[::3]] == ["48d", "24d", "12d"]
+    q = model.encode_query([q["text"] for q in queries])[:, :24]
+    d = model.encode_document([d["text"] for d in docs])[:, :24]
+    q, d = q / np.linalg.norm(q, axis=1, keepdims=True), d / np.linalg.norm(d, axis=1, keepdims=True)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(6)}
+    direct = retrieval_metrics(q @ d.T, [f"q{i}" for i in range(6)], [f"d{i}" for i in range(30)], qrels)
+    assert abs(rows[3]["ndcg@10"] - 100 * direct["ndcg@10"]) <= 1e-6
+
+
+def test_per_part_tools_refuse_a_compressed_model(compressed, corpus, tmp_path) -> None:
+    from hub_export.calibrate import calibrate_folder
+
+    with pytest.raises(ValueError, match="is compressed: its vector has no per-part columns"):
+        calibrate_folder(compressed, corpus)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,9 @@ from sentence_transformers import SentenceTransformer
 from hub_export import demo
 from hub_export.evaluation import sts_spearman
 from hub_export.onnx_bert import convert_and_check
+from tests.constants import DATA
 from tests.tiny_models import reference_part
 
-DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.slow
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.constants import QUERY_PROMPT
 from tests.hub_server import HubServer
 from tests.tiny_models import make_tiny_bert, reference_part
 
 TOKEN = "hf_test_token"
 TEXTS = ["what is snowflake?", "Snowflake is a cloud data platform.", ""]
-QUERY = "Represent this sentence for searching relevant passages: "
 DEAD = "http://127.0.0.1:9"  # nothing listens: any request would fail
 
 
@@ -104,7 +104,7 @@ def built(hub, upstream, tmp_path_factory) -> Path:
         "--part", f"alpha=up/alpha@{upstream['alpha_v1']}",
         "--part", "beta=up/beta",
         "--pooling", "beta=mean",
-        "--prompt", f"query={QUERY}",
+        "--prompt", f"query={QUERY_PROMPT}",
         "--cache-dir", str(tmp / "cache"),
         "--out", str(tmp / "model"),
     )  # fmt: skip
@@ -113,7 +113,7 @@ def built(hub, upstream, tmp_path_factory) -> Path:
 
 
 def expected(upstream: dict[str, str], query: bool) -> torch.Tensor:
-    prompt = QUERY if query else ""
+    prompt = QUERY_PROMPT if query else ""
     return torch.cat(
         [
             reference_part(Path(upstream["v1_dir"]), TEXTS, "cls", prompt),
@@ -259,7 +259,7 @@ def test_push_sends_exactly_the_dry_run_files(hub, built, tmp_path) -> None:
     (folder / "linked").symlink_to(outside, target_is_directory=True)
     assert cli(hub, tmp_path, "verify", str(folder)).returncode == 0
     dry = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/exact", "--dry-run")
-    listed = {line.split()[-1] for line in dry.stdout.strip().splitlines()[:-1]}
+    listed = {line.split()[-1] for line in dry.stdout.strip().splitlines()[:-2]}
     pushed = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/exact", "--token", TOKEN)
     assert pushed.returncode == 0, pushed.stderr[-3000:]
     repo = hub.state.repos["me/exact"]

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import mteb
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir, load_sts
-from hub_export.evaluation import cosine_rows, retrieval_metrics, unit_rows
+from hub_export.evaluation import retrieval_metrics
 from hub_export.mteb_tasks import beir_retrieval_task, sts_task
-from tests.conftest import QUERY_PROMPT
+from hub_export.vectors import cosine_rows, unit_rows
+from tests.constants import DATA, QUERY_PROMPT
 
-DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TEXTS = ["what is snowflake?", "Snowflake is a cloud data platform.", ""]
 
 

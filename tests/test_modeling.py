@@ -13,23 +13,11 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import QUERY_PROMPT
+from tests.constants import QUERY_PROMPT
+from tests.tiny_models import built_model_reference as reference
 from tests.tiny_models import reference_part
 
 TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", "a"]
-
-
-def reference(tiny_parts: dict[str, Path], texts: list[str], query: bool) -> torch.Tensor:
-    """The expected 3-part concatenation of ``built_model``, from plain transformers."""
-    prompt = QUERY_PROMPT if query else ""
-    return torch.cat(
-        [
-            reference_part(tiny_parts["a"], texts, "cls", prompt),
-            reference_part(tiny_parts["b"], texts, "mean", "find: " if query else "", truncate_dim=16, weight=0.5),
-            reference_part(tiny_parts["a2"], texts, "lasttoken", prompt, max_length=32),
-        ],
-        dim=-1,
-    )
 
 
 def encode(model: SentenceTransformer, method: str, texts: list[str], **kwargs) -> torch.Tensor:
@@ -152,23 +140,26 @@ def test_cpu_chunks_trim_padding_and_match_whole_batches(built_model, tiny_parts
     remote = sys.modules[type(module).__module__]
     module.cpu_chunk_bytes = None
     whole = encode(model, "encode_query", MIXED, batch_size=16)
-    widths: list[tuple[int, int]] = []
+    chunks: list[tuple[int, int, int]] = []  # (the part's token budget, rows, width) of every chunk
     original = remote.row_chunks
 
     def spy(features, max_tokens):
         for chunk in original(features, max_tokens):
-            widths.append(tuple(chunk["input_ids"].shape))
+            chunks.append((max_tokens, *chunk["input_ids"].shape))
             yield chunk
 
     remote.row_chunks = spy
     try:
-        module.cpu_chunk_bytes = 4 * 96 * 40  # 40 tokens of the widest tiny part (96-wide feed-forward)
+        # 200 tokens of the widest tiny part (96-wide feed-forward): 200 / 300 / 240 tokens for gamma / alpha / beta,
+        # so each part's 10 texts (padded to <= 64 tokens) run in chunks of several rows.
+        module.cpu_chunk_bytes = 4 * 96 * 200
         chunked = encode(model, "encode_query", MIXED, batch_size=16)
     finally:
         remote.row_chunks = original
-    assert len(widths) > 3 * 2  # every part ran in several chunks
-    assert all(rows * width <= 40 or rows == 1 for rows, width in widths[:4])
-    assert len({width for _, width in widths}) > 2  # trailing padding trimmed per chunk
+    assert sorted({budget for budget, _, _ in chunks}) == [200, 240, 300]  # every part was chunked with its budget
+    assert all(rows * width <= budget for budget, rows, width in chunks)  # within each part's budget
+    assert max(rows for _, rows, _ in chunks) > 1 and len(chunks) > 3 * 2  # multi-row chunks, several per part
+    assert len({width for _, _, width in chunks}) > 2  # trailing padding trimmed per chunk
     assert torch.max(torch.abs(chunked - whole)).item() <= 1e-6
     assert torch.max(torch.abs(chunked - reference(tiny_parts, MIXED, query=True))).item() <= 1e-5
 
@@ -217,9 +208,23 @@ def test_model_kwargs_reach_every_part(built_model) -> None:
     assert np.isfinite(model.encode(TEXTS)).all()
 
 
-def test_max_seq_length_is_per_part_and_settable(loaded_model) -> None:
-    assert [p[0].max_seq_length for p in loaded_model[0].pipelines] == [64, 64, 32]
-    assert loaded_model.max_seq_length == 64
+def test_max_seq_length_is_per_part_and_settable(built_model, tiny_parts) -> None:
+    model = SentenceTransformer(str(built_model), trust_remote_code=True)
+    assert [p[0].max_seq_length for p in model[0].pipelines] == [64, 64, 32]
+    assert model.max_seq_length == 64
+    model.max_seq_length = 8
+    assert [p[0].max_seq_length for p in model[0].pipelines] == [8, 8, 8]
+    long_text = ["snow flake search " * 10]
+    cut = torch.as_tensor(model.encode_query(long_text))
+    expected = torch.cat(
+        [
+            reference_part(tiny_parts["a"], long_text, "cls", QUERY_PROMPT, max_length=8),
+            reference_part(tiny_parts["b"], long_text, "mean", "find: ", max_length=8, truncate_dim=16, weight=0.5),
+            reference_part(tiny_parts["a2"], long_text, "lasttoken", QUERY_PROMPT, max_length=8),
+        ],
+        dim=-1,
+    )
+    assert torch.max(torch.abs(cut - expected)).item() <= 1e-5
 
 
 def test_empty_list_and_empty_string(loaded_model, tiny_parts) -> None:

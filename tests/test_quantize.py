@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from hub_export.quantize import (
     quantize,
     score,
 )
+from tests.constants import DATA
 
 RNG = np.random.default_rng(0)
 
@@ -152,7 +152,7 @@ def test_sentence_transformers_precision_keeps_working(loaded_model, precision, 
 
 
 def test_eval_and_compare_commands(built_model, tmp_path) -> None:
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    data = DATA
     folder = tmp_path / "model"
     shutil.copytree(built_model, folder)
     env_run = {"capture_output": True, "text": True, "cwd": tmp_path}

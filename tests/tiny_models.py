@@ -79,3 +79,19 @@ def reference_part(
     if truncate_dim is not None:
         pooled = F.normalize(pooled[:, :truncate_dim], dim=-1)
     return pooled * weight
+
+
+def built_model_reference(tiny_parts: dict[str, Path], texts: list[str], query: bool) -> torch.Tensor:
+    """The expected output of the conftest ``built_model`` (alpha cls, beta mean/16d/0.5/own prompt, gamma
+    lasttoken/32 tokens), from plain transformers."""
+    from tests.constants import QUERY_PROMPT
+
+    prompt = QUERY_PROMPT if query else ""
+    return torch.cat(
+        [
+            reference_part(tiny_parts["a"], texts, "cls", prompt),
+            reference_part(tiny_parts["b"], texts, "mean", "find: " if query else "", truncate_dim=16, weight=0.5),
+            reference_part(tiny_parts["a2"], texts, "lasttoken", prompt, max_length=32),
+        ],
+        dim=-1,
+    )
