@@ -381,7 +381,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="check a model folder against its parts, in a fresh process")
     verify.add_argument("model_dir", help="combined model folder")
-    verify.add_argument("--tolerance", type=positive_float, default=1e-5, help="max |difference| allowed")
+    verify.add_argument(
+        "--tolerance", type=positive_float, default=None, help="max |difference| allowed (default 1e-5)"
+    )
     verify.set_defaults(func=cmd_verify)
 
     push = sub.add_parser("push", help="publish a verified model folder to the Hub in one commit")

@@ -36,12 +36,9 @@ SETTINGS = (None, "int8", "int4")
 
 def part_views(model: SentenceTransformer) -> dict[str, slice]:
     """Column ranges of each part in the concatenated vector, plus ``"concat"`` for all of it."""
-    views, start = {}, 0
-    for spec in model[0].specs:
-        views[spec.name] = slice(start, start + spec.output_dimension)
-        start += spec.output_dimension
-    views["concat"] = slice(0, start)
-    return views
+    layouts = part_layouts(model[0].specs)
+    views = {layout.name: slice(layout.start, layout.start + layout.width) for layout in layouts}
+    return views | {"concat": slice(0, sum(layout.width for layout in layouts))}
 
 
 def sts_spearman(

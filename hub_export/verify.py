@@ -136,10 +136,10 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
     }
 
 
-def run_verification(model_dir: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+def run_verification(model_dir: str | Path, tolerance: float | None = None) -> dict:
     """Verify ``model_dir`` in a fresh Python process (outside the project folder), refresh its model card
     with the result, and return the record (also written to ``verification.json``)."""
-    check_tolerance(tolerance)
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else check_tolerance(tolerance)
     model_dir = Path(model_dir).resolve()
     if not (model_dir / "concat_config.json").is_file():
         raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
