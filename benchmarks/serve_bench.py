@@ -1,12 +1,13 @@
 """Load test of ``concat-embed serve`` against in-process encoding (a script, not a test).
 
 Starts the server (local engine) on a free port of 127.0.0.1 for the demo model, then drives it
-with a short asyncio + httpx load generator: concurrency 1, 8 and 64, single-query requests
-(SciFact claims with the query prompt) and 32-passage requests (SciFact abstracts). Each cell
-sends a bounded number of requests and stops by itself. Prints p50 / p99 latency, texts/s and the
-ratio to the in-process ceiling (``model.encode`` of the same texts in one batched call; one
-``encode_query`` of one text for latency), for the default and the int8 path, idle and with two
-busy-loop processes on the cores. Only 127.0.0.1 is contacted.
+with a short asyncio load generator (a minimal keep-alive HTTP/1.1 client): concurrency 1, 8
+and 64, single-query requests (SciFact claims with the query prompt) and 32-passage requests
+(SciFact abstracts). Each cell sends a bounded number of requests and stops by itself. Prints
+p50 / p99 latency, texts/s and the ratio to the in-process ceiling (``model.encode`` of the
+same texts in one batched call; one ``encode_query`` of one text for latency), for the default
+and the int8 path, idle and with two busy-loop processes on the cores. Only 127.0.0.1 is
+contacted.
 
     python benchmarks/serve_bench.py --quick      # about 4 minutes on 2 cores
 """
@@ -67,28 +68,51 @@ def start_server(model: str, quantization: str | None, extra: list[str]) -> tupl
     return process, line.split(" on ")[1].split()[0]
 
 
+async def post_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, body: bytes) -> bytes:
+    """One HTTP/1.1 keep-alive POST of ``/v1/embeddings`` on an open connection; the response body.
+
+    A minimal client, so that the load generator spends little of the cores it shares with the server.
+    """
+    writer.write(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await writer.drain()
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"server answered {status!r}")
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return await reader.readexactly(length)
+
+
 async def drive(url: str, requests: list[dict], concurrency: int, max_seconds: float) -> tuple[list[float], int, float]:
     """Send ``requests`` with ``concurrency`` in flight (stops after ``max_seconds``); latencies, texts, wall time."""
-    import httpx
+    import json
+    from urllib.parse import urlsplit
 
+    address = urlsplit(url)
     latencies: list[float] = []
     sent = 0
-    queue = list(reversed(requests))
+    queue = [(json.dumps(body).encode(), len(body["input"])) for body in reversed(requests)]
     started = time.perf_counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
-        async def worker() -> None:
-            nonlocal sent
+    async def worker() -> None:
+        nonlocal sent
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        try:
             while queue and time.perf_counter() - started < max_seconds:
-                body = queue.pop()
+                body, texts = queue.pop()
                 begin = time.perf_counter()
-                reply = await client.post("/v1/embeddings", json=body)
-                reply.raise_for_status()
+                await post_json(reader, writer, address.netloc, body)
                 latencies.append(time.perf_counter() - begin)
-                sent += len(body["input"])
+                sent += texts
+        finally:
+            writer.close()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, sent, time.perf_counter() - started
 
 

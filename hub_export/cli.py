@@ -472,7 +472,12 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
     serve.add_argument("--quantization", default=None, help="int8-dynamic: the CPU int8 fast path")
-    serve.add_argument("--max-batch-tokens", type=positive_int, default=16384, help="padded tokens per model batch")
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=2048,
+        help="padded tokens per model batch (small: length-sorted, little padding)",
+    )
     serve.add_argument("--max-client-batch", type=positive_int, default=2048, help="texts per request (more: 413)")
     serve.add_argument(
         "--max-queue-texts",

@@ -208,9 +208,7 @@ def create_app(
     return app
 
 
-def load_embedder(
-    model: str, quantization: str | None = None, max_batch_tokens: int = 16384, **limits: int
-) -> Embedder:
+def load_embedder(model: str, quantization: str | None = None, max_batch_tokens: int = 2048, **limits: int) -> Embedder:
     """Load ``model`` once (remote code trusted, optional CPU int8) for serving."""
     from sentence_transformers import SentenceTransformer
 

@@ -93,7 +93,7 @@ class Limits:
 
     max_client_batch: int = MAX_CLIENT_BATCH
     max_input_chars: int = MAX_INPUT_CHARS
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 2048  # measured: 16384 padded merged short queries to the longest (0.67x vs 0.94x)
     max_queue_texts: int = 8192
 
 
