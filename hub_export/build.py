@@ -23,7 +23,7 @@ from hub_export.modeling import (
     embedding_dimension_of,
     pooling_mode_of,
 )
-from hub_export.outdir import check_output, commit_output, discard, staging_folder
+from hub_export.outdir import check_output, write_whole
 from hub_export.sources import load_source, resolve_source
 
 logger = logging.getLogger(__name__)
@@ -108,13 +108,7 @@ def build_model(
         pipelines.append(pipeline)
     concat = ConcatEmbedding(pipelines, specs, normalize_output=normalize_output)
     concat.model_prompts = prompts
-    staging = staging_folder(output_dir)
-    try:
-        write_model_folder(concat, prompts, staging, name=output_dir.name)
-    except BaseException:
-        discard(staging)
-        raise
-    return commit_output(staging, output_dir)
+    return write_whole(output_dir, lambda staging: write_model_folder(concat, prompts, staging, name=output_dir.name))
 
 
 def check_part_options(parts: list[PartOptions], prompts: dict[str, str]) -> None:

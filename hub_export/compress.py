@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.files import file_sha256, model_files, read_json
-from hub_export.outdir import check_output, commit_output, discard, staging_folder
+from hub_export.outdir import check_output, write_whole
 from hub_export.vectors import unit_rows
 
 logger = logging.getLogger(__name__)
@@ -227,13 +227,9 @@ def compress_model(
         "similarity_fidelity": fidelity(docs[held_out], weight, bias, dims),
         "seconds": {"encode": round(encoded - started, 1), "fit": round(fitted - encoded, 1)},
     }
-    staging = staging_folder(output_dir)
-    try:
-        write_compressed_folder(model_dir, staging, weight, bias, record, name=output_dir.name)
-    except BaseException:
-        discard(staging)
-        raise
-    commit_output(staging, output_dir)
+    write_whole(
+        output_dir, lambda staging: write_compressed_folder(model_dir, staging, weight, bias, record, output_dir.name)
+    )
     return record
 
 

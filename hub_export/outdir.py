@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hub_export.files import read_json
@@ -116,6 +116,13 @@ def commit_output(staging: Path, output: Path) -> Path:
     return output
 
 
-def discard(staging: Path) -> None:
-    """Remove a staging folder after a failed write."""
-    shutil.rmtree(staging, ignore_errors=True)
+def write_whole(output: Path, write: Callable[[Path], object]) -> Path:
+    """Run ``write(staging)`` into a staging folder beside ``output`` and move the result into place;
+    a failed write removes the staging folder and leaves ``output`` as it was."""
+    staging = staging_folder(output)
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return commit_output(staging, output)
