@@ -7,12 +7,15 @@ transformers and sentence-transformers, and works with sentence-transformers 5.x
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import json
 import logging
 import math
 import os
+import platform
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 try:  # sentence-transformers >= 6
     from sentence_transformers.base.modules import InputModule
@@ -36,7 +40,19 @@ CONFIG_FILE = "concat_config.json"
 POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
 QUANT_SCHEMES = ("int8", "int4")
-RUNTIME_QUANTIZATION = (None, "int8-dynamic")
+RUNTIME_QUANTIZATION = (None, "auto", "int8-dynamic")
+# Where each part's exported runtimes live, in sentence-transformers' own layout (relative to the part).
+BACKENDS = ("torch", "onnx", "openvino")
+BACKEND_DEFAULT_FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
+# Dynamic-int8 ONNX files by CPU family (sentence-transformers' names): u8 weights on AVX2, whose
+# u8s8 instruction can saturate, s8 where the CPU has VNNI or AVX-512.
+ONNX_INT8_FILES = {
+    "avx512_vnni": "onnx/model_qint8_avx512_vnni.onnx",
+    "avx512": "onnx/model_qint8_avx512.onnx",
+    "avx2": "onnx/model_quint8_avx2.onnx",
+    "arm64": "onnx/model_qint8_arm64.onnx",
+}
+OPENVINO_INT8_FILE = "openvino/openvino_model_qint8_quantized.xml"
 # Part names become folder names and Hub paths: letters, digits, "_", "-" and "." (not first).
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")  # used with fullmatch
 SAFE_NAME_RULE = "1-64 letters, digits, '_', '-' or '.' ('.' not first; no '/', '|' or glob characters)"
@@ -344,6 +360,186 @@ def _tokenizer_fingerprint(transformer: nn.Module) -> str:
     )
 
 
+# --- CPU capabilities and exported runtimes (ONNX Runtime, OpenVINO) ---
+
+
+def cpu_flags() -> set[str]:
+    """ISA flags of this CPU as the OS reports them (``/proc/cpuinfo`` on Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_family(flags: set[str] | None = None) -> str | None:
+    """This CPU's int8 instruction family (a key of :data:`ONNX_INT8_FILES`), or None when it has none.
+
+    Read from torch's own dispatch level (``torch.backends.cpu.get_cpu_capability()``) and the ISA flags.
+    """
+    flags = cpu_flags() if flags is None else flags
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if {"avx512_vnni", "avx512vnni"} & flags:
+        return "avx512_vnni"
+    if capability.startswith("AVX512") or "avx512f" in flags:
+        return "avx512"
+    if capability == "AVX2" or "avx2" in flags:
+        return "avx2"
+    return None
+
+
+def native_bf16(flags: set[str] | None = None) -> bool:
+    """Whether this CPU computes bf16 matrix products natively (else torch emulates them, several times slower)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+def auto_quantization(family: str | None, cuda: bool) -> str | None:
+    """The torch weight quantization ``quantization="auto"`` picks: int8 on a CPU with an int8 family, else none.
+
+    Measured (README, Speed): dynamic int8 beat fp32 on AVX2-only and on AVX-512 VNNI CPUs; on
+    CUDA the model keeps its weights (the GPU paths are fp32 / fp16).
+    """
+    engines = set(torch.backends.quantized.supported_engines)
+    if cuda or family is None or not {"x86", "fbgemm", "qnnpack"} & engines:
+        return None
+    return "int8-dynamic"
+
+
+class CpuShare:
+    """How many cores other processes leave free, from ``/proc/stat`` (Linux; elsewhere: all of them).
+
+    torch's OpenMP threads wait for each other at every operator; when another process holds a
+    core, a descheduled thread stalls the whole team (measured, README Speed: 2 threads with two
+    busy-loop processes ran 6x slower than idle, 1 thread 1.6x). ``threads(ceiling)`` returns the
+    ceiling on an idle machine and fewer threads while other processes keep cores busy, judged
+    from the CPU time the machine spent outside this process since the last sample.
+    """
+
+    MIN_INTERVAL_S = 0.5  # shorter samples are noise; keep the previous answer
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None
+        self._others = 0.0
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+        own = sum(os.times()[:2])
+        return time.monotonic(), busy / ticks, own
+
+    def threads(self, ceiling: int) -> int:
+        """Threads to use now: ``ceiling`` minus the cores other processes used lately (at least 1)."""
+        sample = self._sample()
+        if sample is None:
+            return ceiling
+        if self._last is not None and sample[0] - self._last[0] >= self.MIN_INTERVAL_S:
+            elapsed = sample[0] - self._last[0]
+            others = (sample[1] - self._last[1]) - (sample[2] - self._last[2])
+            self._others = max(0.0, others / elapsed)
+            self._last = sample
+        elif self._last is None:
+            self._last = sample
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(ceiling, round(cores - self._others)))
+
+
+def backend_file(backend: str, file_name: Any) -> str:
+    """Check a backend file name (``model_kwargs["file_name"]``) and return it relative to a part's folder.
+
+    A bare name is looked up in the backend's folder (``model_quint8_avx2.onnx`` is ``onnx/model_quint8_avx2.onnx``).
+    """
+    if file_name is None:
+        return BACKEND_DEFAULT_FILES[backend]
+    suffix = Path(BACKEND_DEFAULT_FILES[backend]).suffix
+    folder = Path(BACKEND_DEFAULT_FILES[backend]).parent.as_posix()
+    parts = file_name.split("/") if isinstance(file_name, str) else []
+    if not parts or not all(SAFE_NAME.fullmatch(part) for part in parts) or not file_name.endswith(suffix):
+        raise ValueError(
+            f"model_kwargs file_name = {file_name!r}: expected a {suffix} file inside the part, e.g. "
+            f"{BACKEND_DEFAULT_FILES[backend]!r}"
+        )
+    return file_name if len(parts) > 1 else f"{folder}/{file_name}"
+
+
+class ExportedTransformer(nn.Module):
+    """A part's transformer run by ONNX Runtime or OpenVINO; called like the torch model, returns ``last_hidden_state``.
+
+    The runtime is imported here, only when a backend asks for it, through ``importlib``:
+    transformers imports every ``import`` statement of a remote-code file before loading it,
+    so a statement would make onnxruntime and openvino required for everyone. Threads follow torch's
+    setting (``torch.set_num_threads``); ONNX Runtime's idle threads sleep instead of spinning,
+    so parts (and other processes) do not fight over the cores, and OpenVINO runs fewer threads
+    while other processes keep cores busy (:class:`CpuShare`).
+
+    Args:
+        backend: ``"onnx"`` or ``"openvino"``.
+        path: The local ``.onnx`` or OpenVINO ``.xml`` file.
+        config: The part's transformers configuration (what ``Transformer.auto_model.config`` reports).
+        provider: ONNX Runtime execution provider (default ``CPUExecutionProvider``).
+    """
+
+    def __init__(self, backend: str, path: str, config: PretrainedConfig, provider: str | None = None) -> None:
+        super().__init__()
+        self.backend, self.path, self.config = backend, path, config
+        threads = torch.get_num_threads()
+        if backend == "onnx":
+            onnxruntime = importlib.import_module("onnxruntime")
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = onnxruntime.InferenceSession(path, options, providers=[provider or "CPUExecutionProvider"])
+            self.input_names = [port.name for port in self.session.get_inputs()]
+            self.output_name = self.session.get_outputs()[0].name
+        else:
+            openvino = importlib.import_module("openvino")
+            self._core = openvino.Core()
+            self._model = self._core.read_model(path)
+            self._compiled: dict[int, Any] = {}
+            self._cpu_share = CpuShare()
+            self.input_names = [port.any_name for port in self._model.inputs]
+            self.session = self._openvino_session(threads)
+            self.output_name = self.session.output(0)
+
+    def _openvino_session(self, threads: int) -> Any:
+        """The OpenVINO model compiled for ``threads`` threads (compiled on first use, then kept).
+
+        OpenVINO's thread count is fixed at compile time; on a busy machine one thread kept more
+        of its idle rate than two (README Speed), so a 1-thread copy is compiled when CpuShare asks.
+        """
+        if threads not in self._compiled:
+            properties = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+            self._compiled[threads] = self._core.compile_model(self._model, "CPU", properties)
+        return self._compiled[threads]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> BaseModelOutput:
+        """Run the exported graph on the token ids (missing ``token_type_ids`` are zeros)."""
+        features = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
+        if features["attention_mask"] is None:
+            features["attention_mask"] = torch.ones_like(input_ids)
+        if features.get("token_type_ids") is None:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        feeds = {name: features[name].detach().to("cpu", torch.int64).numpy() for name in self.input_names}
+        if self.backend == "onnx":
+            hidden = self.session.run([self.output_name], feeds)[0]
+        else:
+            session = self._openvino_session(self._cpu_share.threads(torch.get_num_threads()))
+            hidden = session(feeds)[session.output(0)]
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden).to(input_ids.device))
+
+
 # --- Part IO: saving and loading one part ---
 
 
@@ -400,6 +596,7 @@ def load_part(
     where: str,
     hub_kwargs: dict[str, Any],
     module_kwargs: dict[str, Any],
+    runtime: dict[str, Any] | None = None,
 ) -> nn.Sequential:
     """Load one part (Transformer + Pooling + Normalize) from its subfolder, locally or from the Hub.
 
@@ -410,6 +607,8 @@ def load_part(
         where: Location of that entry, for error messages.
         hub_kwargs: ``token``, ``cache_folder``, ``revision`` and ``local_files_only``.
         module_kwargs: Loading options for the modules, e.g. ``model_kwargs`` or ``trust_remote_code``.
+        runtime: ``backend`` (``onnx`` | ``openvino``), ``file_name`` (relative to the part) and
+            ``provider``: run the part's transformer from that exported file instead of torch.
 
     Raises:
         ValueError: If the subfolder is missing, holds an unsupported pipeline, or disagrees with ``spec``.
@@ -450,6 +649,20 @@ def load_part(
     if spec.max_seq_length is not None:
         check_token_limit(modules[0], spec.max_seq_length, where)
         modules[0].max_seq_length = spec.max_seq_length
+    if runtime and runtime["backend"] != "torch":
+        backend, file_name = runtime["backend"], runtime["file_name"]
+        path = InputModule.load_file_path(model_name_or_path, file_name, subfolder=subfolder, **hub_kwargs)
+        weights = file_name[: -len(".xml")] + ".bin" if backend == "openvino" else None
+        if path is None or (
+            weights and not InputModule.load_file_path(model_name_or_path, weights, subfolder=subfolder, **hub_kwargs)
+        ):
+            raise ValueError(
+                f"part {spec.name!r}: {subfolder}/{weights if path else file_name} not found; "
+                f"make it with `concat-embed export-backends MODEL --{backend}`"
+            )
+        transformer = modules[0]
+        exported = ExportedTransformer(backend, path, transformer.auto_model.config, runtime.get("provider"))
+        setattr(transformer, "model" if "model" in transformer._modules else "auto_model", exported)
     return nn.Sequential(*modules)
 
 
@@ -507,6 +720,10 @@ class ConcatEmbedding(InputModule):
         self.normalize_output = normalize_output
         self.model_prompts: dict[str, str] = {}
         self.quantization: str | None = None
+        self.backend, self.backend_file = "torch", None
+        # On CPU, run with fewer torch threads while other processes keep cores busy (CpuShare).
+        self.adaptive_threads = True
+        self._cpu_share = CpuShare()
         self.cpu_chunk_bytes = CPU_CHUNK_BYTES
         self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
 
@@ -665,7 +882,23 @@ class ConcatEmbedding(InputModule):
         if on_cuda:
             outputs = self._embed_parts_on_streams(features)
         else:
-            outputs = [self._embed_part(index, features) for index in range(len(self.pipelines))]
+            ceiling = torch.get_num_threads()
+            adapt = self.adaptive_threads and self.backend == "torch" and not features["part0.input_ids"].is_cuda
+            threads = self._cpu_share.threads(ceiling) if adapt else ceiling
+            if threads != ceiling:
+                torch.set_num_threads(threads)
+            try:
+                if self.backend != "torch" and len(self.pipelines) > 1:  # runtimes release the GIL: overlap parts
+                    outputs = list(
+                        self._part_pool().map(
+                            lambda index: self._embed_part(index, features), range(len(self.pipelines))
+                        )
+                    )
+                else:
+                    outputs = [self._embed_part(index, features) for index in range(len(self.pipelines))]
+            finally:
+                if threads != ceiling:
+                    torch.set_num_threads(ceiling)
         for index, output in enumerate(outputs):
             features[f"part{index}.sentence_embedding"] = output
         embedding = torch.cat(outputs, dim=-1)
@@ -674,12 +907,20 @@ class ConcatEmbedding(InputModule):
         features["sentence_embedding"] = embedding
         return features
 
+    def _part_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads that run the parts of an exported backend side by side (made on first use)."""
+        if getattr(self, "_pool", None) is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(len(self.pipelines), thread_name_prefix="concat-part")
+        return self._pool
+
     def quantize_int8(self) -> None:
         """CPU fast path: dynamic int8 quantization (per-channel weights) of every part's Linear layers, in place.
 
         Chosen at load time with ``model_kwargs={"quantization": "int8-dynamic"}``. Outputs move
         slightly (measured STS-B change in the README); a quantized model cannot be saved.
         """
+        if self.backend != "torch":
+            raise ValueError(f"int8-dynamic quantizes torch weights; this model runs backend={self.backend!r}")
         for pipeline in self.pipelines:
             torch.ao.quantization.quantize_dynamic(
                 pipeline[0].auto_model,
@@ -695,11 +936,87 @@ class ConcatEmbedding(InputModule):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         """Save every part into its subfolder and the part specs into ``concat_config.json``."""
-        if self.quantization is not None:
-            raise ValueError(f"cannot save a model loaded with quantization={self.quantization!r}; load it without")
+        if self.quantization is not None or self.backend != "torch":
+            loaded = f"quantization={self.quantization!r}" if self.quantization else f"backend={self.backend!r}"
+            raise ValueError(f"cannot save a model loaded with {loaded}; load it without")
         for index, (spec, pipeline) in enumerate(zip(self.specs, self.pipelines)):
             save_part(pipeline, os.path.join(output_path, spec.subfolder), self.part_prompts(index))
         self.save_config(output_path)
+
+    @staticmethod
+    def _runtime_options(model_kwargs: dict[str, Any], backend: Any) -> dict[str, Any]:
+        """Take this module's runtime options out of ``model_kwargs`` (in place) and check them.
+
+        ``quantization`` (``None`` | ``"auto"`` | ``"int8-dynamic"``), and for ``backend="onnx"`` /
+        ``"openvino"`` sentence-transformers' ``file_name`` and ``provider``. ``"auto"`` resolves
+        from this CPU's capabilities; bf16 weights on a CPU-only machine without native bf16
+        are refused with a warning (they would run several times slower) and fp32 is kept.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend = {backend!r}: expected one of {list(BACKENDS)}")
+        quantization = model_kwargs.pop("quantization", None)
+        if quantization not in RUNTIME_QUANTIZATION:
+            valid = list(RUNTIME_QUANTIZATION)
+            raise ValueError(f"model_kwargs quantization = {quantization!r}: expected one of {valid}")
+        file_name, provider = model_kwargs.pop("file_name", None), model_kwargs.pop("provider", None)
+        if model_kwargs.pop("export", False):
+            raise ValueError("model_kwargs export = True: export the parts with `concat-embed export-backends MODEL`")
+        cuda = torch.cuda.is_available()
+        if backend == "torch":
+            if file_name is not None or provider is not None:
+                raise ValueError("model_kwargs file_name / provider apply to backend='onnx' or 'openvino'")
+            if quantization == "auto":
+                quantization = auto_quantization(cpu_family(), cuda)
+                logger.info("quantization='auto' on this machine: %s", quantization)
+            dtype_key = next((key for key in ("dtype", "torch_dtype") if key in model_kwargs), None)
+            dtype = model_kwargs.get(dtype_key) if dtype_key else None
+            if dtype in (torch.bfloat16, "bfloat16") and not cuda and not native_bf16():
+                logger.warning(
+                    "bf16 weights asked for, but this CPU has no native bf16 (no avx512_bf16 / amx_bf16): every "
+                    "matrix product would be emulated, several times slower; keeping float32. Ask for "
+                    "model_kwargs={'quantization': 'auto'} for this CPU's fast path."
+                )
+                model_kwargs.pop(dtype_key)
+        else:
+            if quantization == "int8-dynamic":
+                example = OPENVINO_INT8_FILE if backend == "openvino" else ONNX_INT8_FILES["avx2"]
+                raise ValueError(
+                    f"model_kwargs quantization = 'int8-dynamic' applies to backend='torch'; with backend={backend!r} "
+                    f"load an int8 file (model_kwargs file_name, e.g. {example!r}) or quantization='auto'"
+                )
+            if file_name is not None:
+                file_name = backend_file(backend, file_name)
+        return {"backend": backend, "quantization": quantization, "file_name": file_name, "provider": provider}
+
+    @classmethod
+    def _auto_backend_file(
+        cls,
+        model_name_or_path: str,
+        subfolder: str,
+        specs: list[PartSpec],
+        hub_kwargs: dict[str, Any],
+        backend: str,
+        auto: bool,
+    ) -> str:
+        """The file a backend loads when none is named: with ``quantization="auto"`` the int8 file for
+        this CPU when every part has one (ONNX: by CPU family; OpenVINO: on CPUs with VNNI), else fp32."""
+        family = cpu_family()
+        if backend == "onnx":
+            candidate = ONNX_INT8_FILES.get(family or "")
+        else:
+            candidate = OPENVINO_INT8_FILE if family == "avx512_vnni" else None
+        if (
+            auto
+            and candidate
+            and all(
+                cls.load_file_path(
+                    model_name_or_path, candidate, subfolder=Path(subfolder, spec.subfolder).as_posix(), **hub_kwargs
+                )
+                for spec in specs
+            )
+        ):
+            return candidate
+        return BACKEND_DEFAULT_FILES[backend]
 
     @classmethod
     def load(
@@ -734,12 +1051,17 @@ class ConcatEmbedding(InputModule):
         )
         module_kwargs = {key: value for key, value in kwargs.items() if key != "init_defaults"}
         model_kwargs = dict(module_kwargs.get("model_kwargs") or {})
-        quantization = model_kwargs.pop("quantization", None)
-        if quantization not in RUNTIME_QUANTIZATION:
-            valid = list(RUNTIME_QUANTIZATION)
-            raise ValueError(f"model_kwargs quantization = {quantization!r}: expected one of {valid}")
+        runtime = cls._runtime_options(model_kwargs, module_kwargs.get("backend") or "torch")
+        if "backend" in module_kwargs:
+            module_kwargs["backend"] = (
+                "torch"  # the parts' Transformer modules load torch; an exported graph replaces it
+            )
         if "model_kwargs" in module_kwargs:
             module_kwargs["model_kwargs"] = model_kwargs
+        if runtime["backend"] != "torch" and runtime["file_name"] is None:
+            runtime["file_name"] = cls._auto_backend_file(
+                model_name_or_path, subfolder, specs, hub_kwargs, runtime["backend"], runtime["quantization"] == "auto"
+            )
         pipelines = [
             load_part(
                 model_name_or_path,
@@ -748,11 +1070,14 @@ class ConcatEmbedding(InputModule):
                 f"{where}: parts[{index}]",
                 hub_kwargs,
                 module_kwargs,
+                runtime,
             )
             for index, spec in enumerate(specs)
         ]
         module = cls(pipelines, specs, normalize_output=normalize_output)
-        if quantization == "int8-dynamic":
+        module.backend = runtime["backend"]
+        module.backend_file = runtime["file_name"]
+        if runtime["quantization"] == "int8-dynamic":
             module.quantize_int8()
         if st_config_path is not None:  # until on_model_ready (sentence-transformers >= 6) hands over the live ones
             st_config = read_json(st_config_path, "config_sentence_transformers.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hub_export.files import read_json
 
@@ -65,7 +66,7 @@ embed_model = HuggingFaceEmbedding(
 vector = embed_model.get_query_embedding("what is snowflake?")
 ```
 
-{compression}## Verification
+{compression}{backends}## Verification
 
 {verification}
 """
@@ -99,6 +100,20 @@ with torch.no_grad():
     embeddings = model(**tokens)  # [batch, {dimension}]
 ```"""
 
+BACKENDS_SECTION = """## Exported runtimes
+
+Every part also ships ONNX / OpenVINO files (`concat-embed export-backends`), checked against the torch
+part on probe texts. Load them with
+`SentenceTransformer("{repo_id}", trust_remote_code=True, backend="onnx", model_kwargs={{"file_name": FILE}})`
+(`backend="openvino"` for the OpenVINO files; `model_kwargs={{"quantization": "auto"}}` picks the int8 file
+for the CPU it runs on).
+
+| file (in each part) | backend | int8 | max abs diff vs torch | STS-B Spearman change |
+|---|---|---|---|---|
+{rows}
+
+"""
+
 NO_AUTO_MODEL = (
     "Not available for this model: its parts use different tokenizers, token limits or per-part prompts "
     "(so one `AutoTokenizer` cannot feed them), or it is compressed. Use sentence-transformers."
@@ -112,6 +127,15 @@ def _read_json(path: Path) -> dict | None:
 def diff_cell(diff: object) -> str:
     """A recorded verification difference as printed in the report and the card (a number or ``non-finite``)."""
     return f"{diff:.2e}" if isinstance(diff, (int, float)) else str(diff)
+
+
+def _backend_row(name: str, entry: Any) -> str:
+    """One row of the exported-runtimes table (``backends.json`` entries are read as untrusted)."""
+    entry = entry if isinstance(entry, dict) else {}
+    int8 = f"yes ({entry['cpu']})" if entry.get("cpu") else "yes" if entry.get("int8") else "no"
+    change = entry.get("sts_change")
+    change = f"{change:+.2f}" if isinstance(change, float) else "not measured"
+    return f"| {name} | {entry.get('backend')} | {int8} | {diff_cell(entry.get('max_abs_diff'))} | {change} |"
 
 
 def _yaml_list(key: str, values: list[str]) -> str:
@@ -181,8 +205,14 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
             dims=", ".join(map(str, compression["dims"])),
             rows="\n".join(f"| {k} | {v:.4f} |" for k, v in compression["similarity_fidelity"].items()),
         )
+    backends = _read_json(model_dir / "backends.json")
+    backends_text = ""
+    if backends is not None:
+        rows = [_backend_row(name, entry) for name, entry in backends.get("files", {}).items()]
+        backends_text = BACKENDS_SECTION.format(repo_id=repo_id, rows="\n".join(rows))
     return CARD_TEMPLATE.format(
         compression=compression_text,
+        backends=backends_text,
         metadata=metadata,
         title=repo_id.split("/")[-1],
         n_parts=len(parts),

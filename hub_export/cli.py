@@ -234,7 +234,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """Embed a corpus into sharded, resumable Parquet files."""
     from hub_export.embed import EmbedJob, run_embed
     from hub_export.fast import keep_freed_memory
+    from hub_export.runtime import choose_runtime
 
+    runtime = choose_runtime(args.model, args.backend, args.quantization)
     keep_freed_memory()  # this process exists to embed: reuse freed heap memory (see hub_export.fast)
     job = EmbedJob(
         model=args.model,
@@ -251,7 +253,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         devices=[d.strip() for d in args.devices.split(",")] if args.devices else [],
         ray_address=args.ray_address,
         ray_workers=args.ray_workers,
-        quantization=args.quantization,
+        quantization=runtime.quantization,
+        backend=runtime.backend,
     )
     sys.stdout.write(json.dumps(run_embed(job, progress=not args.no_progress)) + "\n")
     return 0
@@ -265,12 +268,12 @@ def announce(model: str, url: str, engine: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP (OpenAI- and TEI-compatible) until interrupted."""
-    from hub_export.embed import EmbedJob
+    from hub_export.runtime import choose_runtime
     from hub_export.server import API_KEY_ENV
 
     if args.engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {args.engine!r}; valid: ['local', 'ray']")
-    EmbedJob.check_quantization(args.quantization)
+    runtime = choose_runtime(args.model, args.backend, args.quantization)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = {"max_batch_tokens": args.max_batch_tokens, "max_client_batch": args.max_client_batch,
               "max_queue_texts": args.max_queue_texts}  # fmt: skip
@@ -281,7 +284,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from hub_export.ray_serve import ray_application, run_ray
 
-        app = ray_application(args.model, args.quantization, limits, api_key, args.replicas, args.max_replicas)
+        app = ray_application(args.model, runtime, limits, api_key, args.replicas, args.max_replicas)
         url = f"http://{args.host}:{args.port}"
         run_ray(app, args.host, args.port, args.ray_address, ready=lambda: announce(args.model, url, "ray"))
         return 0
@@ -292,7 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     sock = bound_socket(args.host, args.port)  # bind first: a busy port fails before the model loads
-    embedder = load_embedder(args.model, args.quantization, **limits)
+    embedder = load_embedder(args.model, runtime, **limits)
     announce(args.model, f"http://{args.host}:{sock.getsockname()[1]}", "local")
     run_local(create_app(embedder, api_key=api_key), sock)
     return 0
@@ -314,6 +317,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{args.out}\n")
     for dim, value in record["similarity_fidelity"].items():
         sys.stdout.write(f"{dim:>6} dims  similarity fidelity {value:.4f}\n")
+    return 0
+
+
+def cmd_export_backends(args: argparse.Namespace) -> int:
+    """Export every part to ONNX / OpenVINO (fp32, optionally int8), check them against torch, add them."""
+    from hub_export.backends import export_backends
+
+    onnx = args.onnx or not args.openvino
+    record = export_backends(
+        args.model_dir, onnx=onnx, openvino=args.openvino, int8=args.int8, family=args.int8_for,
+        calibration=args.calibration, sts=args.sts, sts_limit=args.sts_limit,
+    )  # fmt: skip
+    for name, entry in record["files"].items():
+        change = f"  STS {entry['sts_change']:+.2f}" if "sts_change" in entry else ""
+        sys.stdout.write(f"{name:<46} max |diff| vs torch {entry['max_abs_diff']:.2e}{change}\n")
     return 0
 
 
@@ -442,8 +460,16 @@ def make_parser() -> argparse.ArgumentParser:
     embed.add_argument("--devices", default=None, help="local multi-process pool, e.g. cpu,cpu or cuda:0,cuda:1")
     embed.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
     embed.add_argument("--ray-workers", type=positive_int, default=1, help="Ray actors embedding in parallel")
+
     embed.add_argument(
-        "--quantization", default=None, help="int8-dynamic: the CPU int8 fast path (vectors move slightly)"
+        "--backend",
+        default="auto",
+        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
+    )
+    embed.add_argument(
+        "--quantization",
+        default="auto",
+        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
     )
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=cmd_embed)
@@ -471,7 +497,17 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", help="combined model folder or Hub id (any sentence-transformers model works)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
-    serve.add_argument("--quantization", default=None, help="int8-dynamic: the CPU int8 fast path")
+
+    serve.add_argument(
+        "--backend",
+        default="auto",
+        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
+    )
+    serve.add_argument(
+        "--quantization",
+        default="auto",
+        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
+    )
     serve.add_argument(
         "--max-batch-tokens",
         type=positive_int,
@@ -496,6 +532,27 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-replicas", type=positive_int, default=None, help="autoscale up to this many (engine ray)")
     serve.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
     serve.set_defaults(func=cmd_serve)
+
+    export = sub.add_parser(
+        "export-backends", help="add ONNX / OpenVINO files (fp32, int8) to every part, checked against torch"
+    )
+    export.add_argument("model_dir", help="combined model folder (written by build or compress)")
+    export.add_argument("--onnx", action="store_true", help="onnx/model.onnx per part (the default)")
+    export.add_argument("--openvino", action="store_true", help="openvino/openvino_model.xml + .bin per part")
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="also int8: ONNX Runtime dynamic (onnx/model_q*_<cpu>.onnx), NNCF static (openvino/..._qint8_quantized)",
+    )
+    export.add_argument(
+        "--int8-for",
+        default=None,
+        help="CPU of the int8 ONNX file: avx2, avx512, avx512_vnni, arm64 (default: this one)",
+    )
+    export.add_argument("--calibration", default=None, help="texts for OpenVINO int8 (default: built-in samples)")
+    export.add_argument("--sts", default=None, help="STS-B style .tsv[.gz]: report each file's Spearman change")
+    export.add_argument("--sts-limit", type=limit_int, default=None, help="STS pairs to use (0 or unset = all)")
+    export.set_defaults(func=cmd_export_backends)
 
     demo = sub.add_parser("demo", help="build the demo model from the PyPI-shipped MiniLM models and search")
     demo.add_argument("--cache-dir", default=None, help="where the built demo model is cached")

@@ -26,7 +26,8 @@ import numpy as np
 from hub_export.data import INVALID, count_records, iter_records
 from hub_export.devices import check_devices
 from hub_export.files import file_sha256, read_json
-from hub_export.modeling import RUNTIME_QUANTIZATION
+from hub_export.modeling import BACKENDS, RUNTIME_QUANTIZATION
+from hub_export.runtime import Runtime, loaded_label
 
 if TYPE_CHECKING:
     from hub_export.quantize import PartLayout
@@ -61,12 +62,7 @@ class EmbedJob:
     ray_address: str | None = None
     ray_workers: int = 1
     quantization: str | None = None
-
-    @staticmethod
-    def check_quantization(quantization: str | None) -> None:
-        """Refuse a runtime quantization the model cannot load with, listing the valid ones."""
-        if quantization not in RUNTIME_QUANTIZATION:
-            raise ValueError(f"unknown quantization {quantization!r}; valid: {list(RUNTIME_QUANTIZATION)}")
+    backend: str = "torch"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid choices for every bad setting."""
@@ -74,7 +70,12 @@ class EmbedJob:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {list(DTYPES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {list(ENGINES)}")
-        self.check_quantization(self.quantization)
+        if self.quantization not in RUNTIME_QUANTIZATION:
+            raise ValueError(f"unknown quantization {self.quantization!r}; valid: {list(RUNTIME_QUANTIZATION)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; valid: {list(BACKENDS)}")
+        if self.backend != "torch" and (self.devices or self.engine == "ray"):
+            raise ValueError(f"backend {self.backend!r} runs in this process; use it without --devices / --engine ray")
         for name in ("shard_size", "batch_size", "ray_workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -89,10 +90,15 @@ class EmbedJob:
             raise ValueError(f"output {self.output!r} is a file; give a folder")
         check_devices(self.devices)
 
-    def manifest(self, dimension: int, model_revision: str, source: dict[str, Any]) -> dict[str, Any]:
-        """The settings and input identity a resumed run must share with the run that started the output."""
+    def manifest(self, dimension: int, model_revision: str, source: dict[str, Any], runtime: str) -> dict[str, Any]:
+        """The settings and input identity a resumed run must share with the run that started the output.
+
+        ``runtime`` is what the model resolved to run on (e.g. ``onnx:onnx/model_quint8_avx2.onnx``): a
+        resume on a machine where ``auto`` picks another path, whose vectors differ slightly, is refused.
+        """
         keys = ("model", "input", "id_field", "text_fields", "shard_size", "dtype", "prompt_name", "quantization")
         return {key: asdict(self)[key] for key in keys} | {
+            "runtime": runtime,
             "dimension": dimension,
             "model_revision": model_revision,
             "input_size": source["size"],
@@ -241,9 +247,9 @@ class _Encoder:
         from sentence_transformers import SentenceTransformer
 
         self.job = job
-        model_kwargs = {"quantization": job.quantization} if job.quantization else None
+        runtime = Runtime(job.backend, job.quantization)
         self.model = SentenceTransformer(
-            job.model, trust_remote_code=True, revision=job.revision, device="cpu", model_kwargs=model_kwargs
+            job.model, trust_remote_code=True, revision=job.revision, device="cpu", **runtime.load_kwargs()
         )
         self.layouts = None
         if job.dtype == "int8" and len(self.model) > 1:
@@ -367,7 +373,8 @@ def _run_locked(job: EmbedJob, output: Path, progress: bool, clock: Callable[[],
         if job.prompt_name not in encoder.model.prompts:
             valid = sorted(encoder.model.prompts)
             raise ValueError(f"unknown prompt name {job.prompt_name!r} for {job.model}; valid prompt names: {valid}")
-        manifest = job.manifest(encoder.dimension, model_revision(job), input_identity(job.input))
+        runtime = loaded_label(encoder.model)
+        manifest = job.manifest(encoder.dimension, model_revision(job), input_identity(job.input), runtime)
         if manifest_path.is_file():
             check_manifest(manifest_path, manifest)
         encode = _ray_shard_encoder(job) if job.engine == "ray" else encoder

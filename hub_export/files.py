@@ -33,6 +33,14 @@ ALLOWED = [
     "model.safetensors",
     "model.safetensors.index.json",
     "model-*-of-*.safetensors",
+    # Exported runtimes in each part's onnx/ and openvino/ folders (concat-embed export-backends)
+    "backends.json",
+    "model.onnx",
+    "model_q*.onnx",
+    "openvino_model.xml",
+    "openvino_model.bin",
+    "openvino_model_q*.xml",
+    "openvino_model_q*.bin",
 ]
 # The one list of pickle weight files: never downloaded, accepted or published unless --allow-pickle.
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt"]

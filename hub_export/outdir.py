@@ -126,3 +126,29 @@ def write_whole(output: Path, write: Callable[[Path], object]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return commit_output(staging, output)
+
+
+def add_files(folder: Path, staged: Path) -> list[str]:
+    """Move the files staged in ``staged`` into ``folder`` (same relative paths) and record them there.
+
+    A file that exists in ``folder`` is replaced only when this tool's record lists it; the record
+    is updated before any file moves, so a later rebuild removes the added files too.
+
+    Raises:
+        ValueError: Naming a file in the way that this tool did not write (nothing is moved then).
+    """
+    folder = Path(folder)
+    names = _files_under(staged)
+    recorded = recorded_files(folder) or []
+    foreign = [name for name in names if (folder / name).exists() or (folder / name).is_symlink()]
+    foreign = [name for name in foreign if name not in recorded or (folder / name).is_symlink()]
+    if foreign:
+        raise ValueError(
+            f"{folder} already holds {foreign[:3]}, which concat-embed did not write; move them away first"
+        )
+    record = {"files": sorted(set(recorded) | set(names))}
+    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged / name, folder / name)
+    return names

@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from hub_export.runtime import Runtime
+
 logger = logging.getLogger(__name__)
 
 
 def ray_application(
     model: str,
-    quantization: str | None,
+    runtime: Runtime | None,
     limits: dict[str, int],
     api_key: str | None,
     replicas: int = 1,
@@ -34,7 +36,7 @@ def ray_application(
     @serve.ingress()
     class ConcatEmbedDeployment:
         def __init__(self) -> None:
-            self.embedder = load_embedder(model, quantization, **limits)
+            self.embedder = load_embedder(model, runtime, **limits)
 
         def __serve_build_asgi_app__(self):  # noqa: N807 - Ray Serve's hook
             return create_app(self.embedder, embed=self.embed, api_key=api_key, engine="ray")

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from hub_export.compress import COMPRESSION_FILE
 from hub_export.files import read_json
+from hub_export.runtime import Runtime, loaded_label
 from hub_export.serving import (
     DynamicBatcher,
     Embedder,
@@ -208,14 +209,15 @@ def create_app(
     return app
 
 
-def load_embedder(model: str, quantization: str | None = None, max_batch_tokens: int = 2048, **limits: int) -> Embedder:
-    """Load ``model`` once (remote code trusted, optional CPU int8) for serving."""
+def load_embedder(model: str, runtime: Runtime | None = None, max_batch_tokens: int = 2048, **limits: int) -> Embedder:
+    """Load ``model`` once for serving (remote code trusted) on ``runtime`` (default: exact torch)."""
     from sentence_transformers import SentenceTransformer
 
     from hub_export.serving import Limits
 
-    model_kwargs = {"quantization": quantization} if quantization else None
-    loaded = SentenceTransformer(model, trust_remote_code=True, model_kwargs=model_kwargs)
+    runtime = runtime or Runtime()
+    loaded = SentenceTransformer(model, trust_remote_code=True, **runtime.load_kwargs())
+    logger.info("serving %s on %s", model, loaded_label(loaded))
     record = Path(model) / COMPRESSION_FILE  # a compressed folder's Matryoshka dimensions
     dims = read_json(record).get("dims", []) if record.is_file() else []
     limits_ = Limits(max_batch_tokens=max_batch_tokens, **limits)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hub_export.runtime import loaded_label
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -246,7 +248,8 @@ def tei_info(embedder: Embedder, engine: str) -> dict[str, Any]:
 
     return {
         "model_id": embedder.model_id,
-        "model_dtype": str(next(embedder.model.parameters()).dtype).removeprefix("torch."),
+        "model_dtype": str(getattr(next(embedder.model.parameters(), None), "dtype", "float32")).removeprefix("torch."),
+        "runtime": loaded_label(embedder.model),
         "model_type": {"embedding": {"pooling": "concat" if hasattr(embedder.model[0], "specs") else "model"}},
         "dimension": embedder.dimension,
         "matryoshka_dims": embedder.matryoshka_dims,

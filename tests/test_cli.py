@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -63,18 +61,21 @@ def test_build_from_sentence_transformers_folder_keeps_its_pooling(tiny_parts, b
         (["--truncate-dim", "x=999"], "truncate_dim = 999"),
     ],
 )
-def test_bad_options_exit_2_with_clear_message(tiny_parts, tmp_path, extra, message) -> None:
+def test_bad_options_exit_2_with_clear_message(tiny_parts, tmp_path, capsys, extra, message) -> None:
     args = ["build", "--part", f"x={tiny_parts['a']}", "--part", f"y={tiny_parts['b']}", "--out", str(tmp_path / "m")]
-    run = subprocess.run(
-        [sys.executable, "-m", "hub_export", *args, *extra], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert run.returncode == 2
-    assert message in run.stderr
+    with pytest.raises(SystemExit) as exc:
+        main([*args, *extra])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
-def test_single_part_and_missing_source_are_rejected(tiny_parts, tmp_path) -> None:
+def test_single_part_and_missing_source_are_rejected(tiny_parts, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["build", "--part", f"x={tiny_parts['a']}", "--out", str(tmp_path / "m")])
     assert exc.value.code == 2
-    with pytest.raises(SystemExit):
+    assert "a combined model needs at least 2 parts, got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
         main(["build", "--part", "x=/nonexistent", "--part", f"y={tiny_parts['a']}", "--out", str(tmp_path / "m")])
+    assert exc.value.code == 2
+    assert "/nonexistent" in capsys.readouterr().err

@@ -90,7 +90,7 @@ def test_bad_settings_name_valid_choices(built_model, corpus, tmp_path) -> None:
         run_embed(EmbedJob(str(built_model), str(corpus), str(tmp_path / "o"), dtype="bf16"), progress=False)
     with pytest.raises(ValueError, match=r"valid: \['local', 'ray'\]"):
         run_embed(EmbedJob(str(built_model), str(corpus), str(tmp_path / "o"), engine="spark"), progress=False)
-    with pytest.raises(ValueError, match=r"valid: \[None, 'int8-dynamic'\]"):
+    with pytest.raises(ValueError, match=r"valid: \[None, 'auto', 'int8-dynamic'\]"):
         run_embed(EmbedJob(str(built_model), str(corpus), str(tmp_path / "o"), quantization="int4"), progress=False)
     run_embed(EmbedJob(str(built_model), str(corpus), str(tmp_path / "o"), shard_size=5), progress=False)
     with pytest.raises(ValueError, match="was started with other settings .*shard_size"):
@@ -108,7 +108,7 @@ def test_int8_dynamic_job_stays_close_to_float(built_model, corpus, tmp_path) ->
     cosines = np.sum(vectors * expected_vectors(built_model), axis=1) / np.sum(vectors * vectors, axis=1)
     assert 0.97 < cosines.min() and cosines.max() < 1.03
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
-    assert manifest["quantization"] == "int8-dynamic"
+    assert manifest["quantization"] == "int8-dynamic" and manifest["runtime"] == "torch+int8-dynamic"
 
 
 def test_resume_after_kill_equals_uninterrupted_run(built_model, tmp_path) -> None:

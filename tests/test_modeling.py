@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -202,9 +203,10 @@ def test_each_part_loads_on_its_own(built_model, tiny_parts) -> None:
 
 
 def test_model_kwargs_reach_every_part(built_model) -> None:
-    model = SentenceTransformer(str(built_model), trust_remote_code=True, model_kwargs={"torch_dtype": torch.bfloat16})
+    # float64: bf16 is kept at float32 on CPUs without native bf16 (test_backends), so it would prove nothing here
+    model = SentenceTransformer(str(built_model), trust_remote_code=True, model_kwargs={"torch_dtype": torch.float64})
     dtypes = {next(pipeline[0].parameters()).dtype for pipeline in model[0].pipelines}
-    assert dtypes == {torch.bfloat16}
+    assert dtypes == {torch.float64}
     assert np.isfinite(model.encode(TEXTS)).all()
 
 
@@ -301,6 +303,7 @@ def test_loads_in_a_process_where_the_project_is_not_importable(built_model, tmp
         [sys.executable, "-c", script, str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert run.returncode != 0
+    assert "modeling" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]  # the missing remote code is named
 
 
 @pytest.mark.parametrize("how", ["trust_remote_code", "model_kwargs"])
@@ -324,3 +327,43 @@ def test_parts_do_not_run_their_own_code_unless_built_so(built_model, tmp_path, 
     assert type(model[0].pipelines[0][0].auto_model).__name__ == "BertModel"
     assert json.loads((folder / "concat_config.json").read_text())["parts"][0]["trust_remote_code"] is False
     assert "| no |" in (folder / "README.md").read_text()
+
+
+def test_cpu_share_gives_fewer_threads_while_other_processes_hold_cores(monkeypatch) -> None:
+    from hub_export.modeling import CpuShare
+
+    # (monotonic s, machine busy CPU s, this process's CPU s), as /proc/stat and os.times report them
+    samples = iter([(0.0, 0.0, 0.0), (1.0, 2.0, 0.2), (1.2, 2.2, 0.4), (3.0, 4.0, 2.2), (4.0, 4.9, 2.3)])
+    share = CpuShare()
+    monkeypatch.setattr(share, "_sample", lambda: next(samples))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert share.threads(2) == 2  # first sample: nothing known yet
+    assert share.threads(2) == 1  # 1.8 of 2 cores went to other processes
+    assert share.threads(2) == 1  # 0.2 s later: too short to judge, keep the last answer
+    assert share.threads(2) == 2  # the machine's busy time was all ours
+    assert share.threads(2) == 1  # others used 0.8 cores: round(2 - 0.8) = 1
+
+
+def test_cpu_share_without_proc_stat_keeps_the_ceiling(monkeypatch) -> None:
+    from hub_export.modeling import CpuShare
+
+    share = CpuShare()
+    monkeypatch.setattr(share, "_sample", lambda: None)
+    assert share.threads(4) == 4
+
+
+def test_forward_runs_with_the_governed_threads_and_restores_them(loaded_model, monkeypatch) -> None:
+    concat = loaded_model[0]
+    ceiling = torch.get_num_threads()
+    seen = []
+    monkeypatch.setattr(concat._cpu_share, "threads", lambda wanted: 1)
+    hook = concat.pipelines[0].register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    try:
+        expected = loaded_model.encode(["hello world"])
+        concat.adaptive_threads = False
+        unchanged = loaded_model.encode(["hello world"])
+    finally:
+        hook.remove()
+        concat.adaptive_threads = True
+    assert seen == [1, ceiling] and torch.get_num_threads() == ceiling
+    assert np.abs(expected - unchanged).max() <= 1e-6

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
 from hub_export.calibrate import calibrate_folder
-from hub_export.compare import jaccard_at_k, linear_cka, rank_correlation
-from hub_export.evaluation import retrieval_metrics
 from hub_export.modeling import PartSpec
 from hub_export.quantize import (
     PartLayout,
@@ -25,7 +21,6 @@ from hub_export.quantize import (
     quantize,
     score,
 )
-from tests.constants import DATA
 
 RNG = np.random.default_rng(0)
 
@@ -104,23 +99,6 @@ def test_layout_errors_name_valid_choices() -> None:
         calibrate(np.ones((2, 15)), specs, dims={"a": 9})
 
 
-def test_hand_checked_metrics() -> None:
-    scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.7]])
-    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
-    metrics = retrieval_metrics(scores, ["q1", "q2"], ["d1", "d2", "d3"], qrels)
-    assert metrics["ndcg@10"] == pytest.approx((1 / np.log2(3) + 1) / 2)
-    assert metrics["recall@100"] == pytest.approx(1.0)
-    x = RNG.normal(size=(50, 6))
-    rotation, _ = np.linalg.qr(RNG.normal(size=(6, 6)))
-    assert linear_cka(x, x) == pytest.approx(1.0)
-    assert linear_cka(x, 3 * x @ rotation) == pytest.approx(1.0)
-    assert linear_cka(x, RNG.normal(size=(50, 6))) < 0.5
-    a = np.array([[5.0, 4, 3, 2, 1]])
-    b = np.array([[5.0, 1, 4, 3, 2]])
-    assert jaccard_at_k(a, b, 2) == pytest.approx(1 / 3)  # {0,1} vs {0,2}
-    assert rank_correlation(a, a) == pytest.approx(1.0)
-
-
 def test_calibration_round_trips_through_save_and_load(built_model, tmp_path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(built_model, folder)
@@ -149,48 +127,3 @@ def test_calibration_round_trips_through_save_and_load(built_model, tmp_path) ->
 def test_sentence_transformers_precision_keeps_working(loaded_model, precision, dtype, width) -> None:
     codes = loaded_model.encode(["a cat", "a dog", "snow", "hello world"], precision=precision)
     assert codes.dtype == dtype and codes.shape == (4, width)
-
-
-def test_eval_and_compare_commands(built_model, tmp_path) -> None:
-    data = DATA
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
-    env_run = {"capture_output": True, "text": True, "cwd": tmp_path}
-    calibrated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub_export",
-            "calibrate",
-            str(folder),
-            "--corpus",
-            str(data / "scifact" / "corpus.jsonl.gz"),
-            "--limit",
-            "50",
-        ],
-        **env_run,
-    )
-    assert calibrated.returncode == 0, calibrated.stderr[-2000:]
-    assert "alpha" in calibrated.stdout and "int4" in calibrated.stdout
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "hub_export", "eval", str(folder), "--sts", str(data / "stsb" / "test.tsv.gz"),
-         "--beir", str(data / "scifact"), "--limit", "10", "--json", str(tmp_path / "eval.json")],
-        **env_run,
-    )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    rows = json.loads((tmp_path / "eval.json").read_text())
-    assert [(r["view"], r["setting"]) for r in rows[:3]] == [("alpha", "float32"), ("alpha", "int8"), ("alpha", "int4")]
-    assert {r["view"] for r in rows} == {"alpha", "beta", "gamma", "concat"} and len(rows) == 12
-    concat_bytes = {r["setting"]: r["bytes"] for r in rows if r["view"] == "concat"}
-    assert concat_bytes == {"float32": 4 * 96, "int8": 96, "int4": 16 + 8 + 24}
-    assert all(0 <= r[m] <= 100 for r in rows for m in ("ndcg@10", "recall@100")) and "ndcg@10" in evaluated.stdout
-    compared = subprocess.run(
-        [sys.executable, "-m", "hub_export", "compare", *(str(folder / p) for p in ("alpha", "beta", "gamma")),
-         "--beir", str(data / "scifact"), "--max-queries", "10", "--max-docs", "60",
-         "--png", str(tmp_path / "h.png"), "--json", str(tmp_path / "c.json")],
-        **env_run,
-    )  # fmt: skip
-    assert compared.returncode == 0, compared.stderr[-2000:]
-    result = json.loads((tmp_path / "c.json").read_text())
-    assert len(result["pairs"]) == 3 and np.allclose(np.diag(result["cka"]), 1.0)
-    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 
 from hub_export.server import bound_socket, create_app, load_embedder
-from hub_export.serving import DynamicBatcher, Embedder, Limits, ServerError
+from hub_export.serving import DynamicBatcher, Embedder, Limits, ServerError, tei_info
 
 TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", ""]
 KEY = "sk-test"
@@ -242,7 +242,7 @@ def test_base64_is_little_endian_float32(server, expected) -> None:
 
 def test_cli_serves_on_a_free_port_of_localhost(built_model, expected, tmp_path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "hub_export", "serve", str(built_model), "--port", "0"],
+        [sys.executable, "-m", "hub_export", "serve", str(built_model), "--port", "0", "--quantization", "none"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
     )  # fmt: skip
     try:
@@ -268,7 +268,8 @@ def test_ray_engine_answers_like_the_local_one(built_model, expected, tmp_path) 
     port = probe.getsockname()[1]
     probe.close()
     process = subprocess.Popen(
-        [sys.executable, "-m", "hub_export", "serve", str(built_model), "--engine", "ray", "--port", str(port)],
+        [sys.executable, "-m", "hub_export", "serve", str(built_model), "--engine", "ray", "--port", str(port),
+         "--quantization", "none"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
     )  # fmt: skip
     try:
@@ -287,3 +288,25 @@ def test_ray_engine_answers_like_the_local_one(built_model, expected, tmp_path) 
     finally:
         process.terminate()
         process.wait()
+
+
+def test_auto_runtime_serves_this_cpus_int8_path_close_to_the_exact_vectors(built_model, expected) -> None:
+    from hub_export.modeling import auto_quantization, cpu_family
+    from hub_export.runtime import Runtime, choose_runtime
+
+    runtime = choose_runtime(str(built_model))  # the CLI default: --backend auto --quantization auto
+    assert runtime == Runtime("torch", "auto")  # this folder has no exported files
+    embedder = load_embedder(str(built_model), runtime)
+    chosen = auto_quantization(cpu_family(), cuda=False)
+    info = tei_info(embedder, "local")
+    assert info["runtime"] == (f"torch+{chosen}" if chosen else "torch")
+    vectors = embedder.model.encode_query(TEXTS)
+    cosines = (
+        np.sum(vectors * expected["query"], axis=1)
+        / np.linalg.norm(vectors, axis=1)
+        / np.linalg.norm(expected["query"], axis=1)
+    )
+    assert cosines.min() > 0.99
+    assert choose_runtime("sentence-transformers/all-MiniLM-L6-v2") == Runtime()  # not a local combined model
+    with pytest.raises(ValueError, match="needs a local combined model folder"):
+        choose_runtime("sentence-transformers/all-MiniLM-L6-v2", "onnx")

@@ -1,0 +1,93 @@
+"""What a model runs on in `embed` and `serve`: a backend and weight quantization, ``auto`` resolved for this CPU.
+
+``auto`` (the CLI default) picks, for a combined model folder, the fastest path measured on this
+kind of CPU (README, Speed): the parts' ONNX Runtime int8 files for this CPU's family when the
+folder has them (``concat-embed export-backends --int8``) and onnxruntime is installed, else
+torch with dynamic int8 weights on a CPU with an int8 family (AVX2, AVX-512, VNNI, ARM64), else
+plain torch. On a CUDA machine, and for models that are not combined models (any
+sentence-transformers model can be served), ``auto`` keeps the model's own weights on torch.
+``none`` (or ``torch`` for the backend) asks for the exact model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BACKEND_CHOICES = ("auto", "torch", "onnx", "openvino")
+QUANTIZATION_CHOICES = ("auto", "none", "int8-dynamic")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A choice to load with: ``backend`` (torch | onnx | openvino) and ``quantization`` (None | auto | int8-dynamic).
+
+    ``auto`` quantization is resolved by the model itself when it loads (``modeling.ConcatEmbedding``:
+    this CPU's int8 file, or torch's dynamic int8 where the CPU has an int8 family); :func:`loaded_label`
+    reports what it chose.
+    """
+
+    backend: str = "torch"
+    quantization: str | None = None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``SentenceTransformer(...)``."""
+        model_kwargs = {"model_kwargs": {"quantization": self.quantization}} if self.quantization else {}
+        return {"backend": self.backend} | model_kwargs
+
+
+def loaded_label(model: Any) -> str:
+    """What a loaded model runs on: ``torch``, ``torch+int8-dynamic``, ``onnx:onnx/model_quint8_avx2.onnx``."""
+    module = model[0]
+    backend = getattr(module, "backend", "torch")
+    if backend != "torch":
+        return f"{backend}:{module.backend_file}"
+    quantization = getattr(module, "quantization", None)
+    return f"torch+{quantization}" if quantization else "torch"
+
+
+def _concat_parts(model: str) -> list[str] | None:
+    """The part folders of a local combined model, or None for anything else (a Hub id, a plain model)."""
+    folder = Path(model)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "concat_config.json").read_text(encoding="utf-8"))
+        if not (isinstance(modules, list) and modules and modules[0].get("type") == "modeling.ConcatEmbedding"):
+            return None
+        return [part["subfolder"] for part in config["parts"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def choose_runtime(model: str, backend: str = "auto", quantization: str = "auto") -> Runtime:
+    """Resolve the CLI's ``--backend`` and ``--quantization`` for ``model`` on this machine.
+
+    Raises:
+        ValueError: For an unknown choice (valid ones listed), or a backend / quantization asked for
+            a model that is not a local combined model folder.
+    """
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"--backend {backend!r}: expected one of {list(BACKEND_CHOICES)}")
+    if quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(f"--quantization {quantization!r}: expected one of {list(QUANTIZATION_CHOICES)}")
+    parts = _concat_parts(model)
+    if parts is None:  # not a local combined model: only what sentence-transformers itself understands
+        if quantization == "int8-dynamic" or backend in ("onnx", "openvino"):
+            raise ValueError(
+                f"--backend {backend} --quantization {quantization}: needs a local combined model folder; "
+                f"{model!r} is not one (use --backend auto --quantization none)"
+            )
+        return Runtime()
+    import torch
+
+    from hub_export.modeling import ONNX_INT8_FILES, cpu_family
+
+    if backend == "auto":
+        int8_file = ONNX_INT8_FILES.get(cpu_family() or "")
+        ready = bool(int8_file) and all((Path(model) / part / int8_file).is_file() for part in parts)
+        onnx = ready and importlib.util.find_spec("onnxruntime") is not None and not torch.cuda.is_available()
+        backend = "onnx" if onnx and quantization == "auto" else "torch"
+    return Runtime(backend, None if quantization == "none" else quantization)

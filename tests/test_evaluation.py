@@ -1,0 +1,41 @@
+"""Retrieval metrics by hand, and `calibrate` + `eval` end to end (in-process CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from hub_export.cli import main
+from hub_export.evaluation import retrieval_metrics
+from tests.constants import DATA
+
+
+def test_hand_checked_metrics() -> None:
+    scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.3, 0.7]])
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
+    metrics = retrieval_metrics(scores, ["q1", "q2"], ["d1", "d2", "d3"], qrels)
+    assert metrics["ndcg@10"] == pytest.approx((1 / np.log2(3) + 1) / 2)
+    assert metrics["recall@100"] == pytest.approx(1.0)
+
+
+def test_calibrate_then_eval_rows_per_part_and_setting(built_model, tmp_path, capsys) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(built_model, folder)
+    assert main(["calibrate", str(folder), "--corpus", str(DATA / "scifact" / "corpus.jsonl.gz"), "--limit", "50"]) == 0
+    calibrated = capsys.readouterr().out
+    assert "alpha" in calibrated and "int4" in calibrated
+    code = main(
+        ["eval", str(folder), "--sts", str(DATA / "stsb" / "test.tsv.gz"), "--beir", str(DATA / "scifact"),
+         "--limit", "10", "--json", str(tmp_path / "eval.json")]
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert [(r["view"], r["setting"]) for r in rows[:3]] == [("alpha", "float32"), ("alpha", "int8"), ("alpha", "int4")]
+    assert {r["view"] for r in rows} == {"alpha", "beta", "gamma", "concat"} and len(rows) == 12
+    concat_bytes = {r["setting"]: r["bytes"] for r in rows if r["view"] == "concat"}
+    assert concat_bytes == {"float32": 4 * 96, "int8": 96, "int4": 16 + 8 + 24}
+    assert all(0 <= r[m] <= 100 for r in rows for m in ("ndcg@10", "recall@100"))
+    assert "ndcg@10" in capsys.readouterr().out
