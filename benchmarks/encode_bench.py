@@ -314,21 +314,6 @@ def measure(configs: list[str], device: str, quick: bool, rounds: int, model_dir
     return results
 
 
-def cpu_line() -> str:
-    """The CPU the table was measured on: model name, torch's capability level and the int8 / bf16 flags."""
-    import torch
-
-    from hub_export.modeling import cpu_family, cpu_flags, native_bf16
-
-    flags = cpu_flags()
-    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    shown = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")) or f in ("avx2", "fma", "f16c"))
-    return (
-        f"CPU {name}, {os.cpu_count()} cores; torch capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"int8 family {cpu_family(flags)}, native bf16 {native_bf16(flags)}; flags {' '.join(shown) or '-'}"
-    )
-
-
 def ensure_exports(configs: list[str], model_dir: Path) -> None:
     """Export the demo model's parts for the ``e-*`` configurations that need files it lacks."""
     from hub_export.backends import export_backends
@@ -384,7 +369,9 @@ def main() -> None:
         + "".join(f"{s + ' /s':>14}{'x(a)':>6}" for s in sets)
         + f"{'1q p50 ms':>10}{'p90':>6}{'x(a)':>6}{'STS-B':>7}{'RSS MB':>8}{'load s':>7}"
     )
-    lines = [cpu_line(), f"device {args.device}, {'quick' if args.quick else 'full'} sets", header]
+    from hub_export.runtime import cpu_summary
+
+    lines = [cpu_summary(), f"device {args.device}, {'quick' if args.quick else 'full'} sets", header]
     for r in results:
         cells = "".join(f"{r['rates'][s]:14.1f}{np.median(r['ratios'][s]):6.2f}" for s in sets)
         p50, p90 = r["latency"]["p50_ms"], r["latency"]["p90_ms"]

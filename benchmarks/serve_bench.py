@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,22 +25,12 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 
 def say(line: str) -> None:
     """One line of the report on stdout, flushed."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def cpu_line() -> str:
-    """The CPU model, core count and the vector ISA flags that decide the fast paths."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    have = [flag for flag in FLAGS if flag in flags]
-    return f"{model or platform.processor()} x{os.cpu_count()}; flags: {', '.join(have) or 'none of ' + str(FLAGS)}"
 
 
 def texts(n_queries: int, n_passages: int) -> tuple[list[str], list[str]]:
@@ -53,11 +42,9 @@ def texts(n_queries: int, n_passages: int) -> tuple[list[str], list[str]]:
     return queries, passages
 
 
-def start_server(model: str, quantization: str | None, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    """``concat-embed serve`` on a free port; returns once it announced its address."""
-    args = [sys.executable, "-m", "hub_export", "serve", model, "--port", "0", *extra]
-    if quantization:
-        args += ["--quantization", quantization]
+def start_server(model: str, quantization: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    """``concat-embed serve --quantization Q`` on a free port; returns once it announced its address."""
+    args = [sys.executable, "-m", "hub_export", "serve", model, "--port", "0", "--quantization", quantization, *extra]
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in process.stderr:  # library warnings may come first
         if line.startswith("serving "):
@@ -116,11 +103,14 @@ async def drive(url: str, requests: list[dict], concurrency: int, max_seconds: f
     return latencies, sent, time.perf_counter() - started
 
 
-def in_process(model_dir: str, quantization: str | None, queries: list[str], passages: list[str]) -> dict[str, float]:
-    """The ceiling: batched ``encode`` throughput and single-query ``encode_query`` latency in this process."""
+def in_process(model_dir: str, quantization: str, queries: list[str], passages: list[str]) -> dict[str, float]:
+    """The ceiling: batched ``encode`` throughput and single-query ``encode_query`` latency in this process,
+    on the runtime the server resolves for the same ``--quantization`` (``--backend auto``)."""
     from sentence_transformers import SentenceTransformer
 
-    kwargs = {"model_kwargs": {"quantization": quantization}} if quantization else {}
+    from hub_export.runtime import choose_runtime
+
+    kwargs = choose_runtime(model_dir, "auto", quantization).load_kwargs()
     model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu", **kwargs)
     model.encode_query(queries[:8])
     single = []
@@ -148,7 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests per cell")
     parser.add_argument("--model", default=None, help="model folder (default: the demo model)")
-    parser.add_argument("--quantization", default="none,int8-dynamic", help="comma-separated: none, int8-dynamic")
+    parser.add_argument(
+        "--quantization", default="none,auto", help="comma-separated --quantization values: none, auto, int8-dynamic"
+    )
     parser.add_argument("--modes", default="idle,busy", help="idle and/or busy (two busy-loop processes)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="upper bound per cell")
     parser.add_argument("--kinds", default="query,passages", help="which requests: query and/or passages")
@@ -164,12 +156,13 @@ def main() -> None:
     query_prompt = {"input_type": "query"}
     single = [{"input": [text], **query_prompt} for text in queries]
     batched = [{"input": passages[i : i + 32]} for i in range(0, len(passages), 32)]
-    say(f"CPU: {cpu_line()}")
+    from hub_export.runtime import cpu_summary
+
+    say(cpu_summary())
     say(f"model: {model_dir}; {n_single} single-query requests, {n_batch} x 32-passage requests per cell")
     say("| path | machine | requests | conc. | p50 ms | p99 ms | texts/s | x in-process |")
     say("|---|---|---|---|---|---|---|---|")
     for quantization in args.quantization.split(","):
-        quantization = None if quantization == "none" else quantization
         for mode in args.modes.split(","):
             spinners = busy_loops(2) if mode == "busy" else []
             try:
@@ -177,7 +170,7 @@ def main() -> None:
                 process, url = start_server(model_dir, quantization, args.serve_args.split())
                 try:
                     asyncio.run(drive(url, single[:16], 4, args.max_seconds))  # warm-up
-                    label = quantization or "default"
+                    label = "exact" if quantization == "none" else quantization
                     say(f"| {label} | {mode} | in-process encode_query, 1 text | 1 | {ceiling['single_p50_ms']:.1f} "
                           f"| | | |")  # fmt: skip
                     kinds = {"query": ("1 query", single, ceiling["queries/s"]),

@@ -29,12 +29,14 @@ from hub_export.data import load_sts, read_corpus_texts
 from hub_export.files import read_json
 from hub_export.modeling import (
     BACKEND_DEFAULT_FILES,
+    CONFIG_FILE,
     ONNX_INT8_FILES,
     OPENVINO_INT8_FILE,
     ExportedTransformer,
     cpu_family,
+    parse_concat_config,
 )
-from hub_export.outdir import add_files, staging_folder
+from hub_export.outdir import add_files, check_addable, staging_folder
 from hub_export.vectors import cosine_rows, unit_rows
 
 logger = logging.getLogger(__name__)
@@ -213,13 +215,17 @@ def export_backends(
     family = check_family(family) if int8 and onnx else None
     sts_pairs = load_sts(sts, sts_limit) if sts else None
     texts = read_corpus_texts(calibration, 300) if calibration else PROBES
+    wanted = ([BACKEND_DEFAULT_FILES["onnx"]] if onnx else []) + ([ONNX_INT8_FILES[family]] if family else [])
+    wanted += [BACKEND_DEFAULT_FILES["openvino"]] if openvino else []
+    wanted += [OPENVINO_INT8_FILE] if openvino and int8 else []
+    specs, _ = parse_concat_config(read_json(model_dir / CONFIG_FILE), CONFIG_FILE)
+    subfolders = [spec.subfolder for spec in specs]
+    companions = [name[: -len(".xml")] + ".bin" for name in wanted if name.endswith(".xml")]
+    check_addable(model_dir, [BACKENDS_FILE] + [f"{sub}/{name}" for sub in subfolders for name in wanted + companions])
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     model.eval()
     concat = model[0]
     reference = _measure(model, PROBES, sts_pairs)
-    wanted = ([BACKEND_DEFAULT_FILES["onnx"]] if onnx else []) + ([ONNX_INT8_FILES[family]] if family else [])
-    wanted += [BACKEND_DEFAULT_FILES["openvino"]] if openvino else []
-    wanted += [OPENVINO_INT8_FILE] if openvino and int8 else []
     staging = staging_folder(model_dir)
     try:
         for spec, pipeline in zip(concat.specs, concat.pipelines):

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from hub_export.compress import COMPRESSION_FILE, calibrate_compressed
 from hub_export.data import read_corpus_texts
 from hub_export.files import read_json
 from hub_export.modeling import CONFIG_FILE
@@ -23,31 +24,40 @@ def calibrate_folder(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Encode a corpus sample as documents, compute per-part ranges and store them in ``concat_config.json``.
 
+    A compressed model (one projected vector) gets whole-vector per-dimension int8 ranges per
+    Matryoshka dimension in ``compression.json`` instead.
+
     Returns:
-        ``{part name: {scheme: {"low", "high", "dims"}}}`` as stored.
+        ``{part name: {scheme: {"low", "high", "dims"}}}`` as stored (``{"<k>d": {"int8": ...}}`` when compressed).
     """
     from sentence_transformers import SentenceTransformer
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit = {limit!r}: expected a positive integer or None (all texts)")
     model_dir = Path(model_dir)
-    if (model_dir / "compression.json").is_file():
-        raise ValueError(
-            f"{model_dir} is compressed: its vector has no per-part columns to calibrate; "
-            "`eval` measures int8 and binary per Matryoshka dimension directly"
-        )
+    compressed = (model_dir / COMPRESSION_FILE).is_file()
+    if compressed and dims:
+        raise ValueError(f"{model_dir} is compressed: --dims does not apply (ranges are stored per Matryoshka dim)")
     texts = read_corpus_texts(corpus, limit)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     embeddings = model.encode_document(texts, show_progress_bar=progress)
+    if compressed:  # one vector, no part columns: per-dimension ranges of the whole vector
+        result = calibrate_compressed(model_dir, embeddings)
+        _invalidated(model_dir, COMPRESSION_FILE)
+        return result
     result = calibrate(embeddings, model[0].specs, dims)
     config_path = model_dir / CONFIG_FILE
     config = read_json(config_path)
     for part in config["parts"]:
         part["quantization"] = result[part["name"]]
     config_path.write_text(json.dumps(config, indent=4) + "\n")
-    if (model_dir / "verification.json").is_file():
-        logger.warning(
-            "calibrate changed %s: its verification no longer holds; run `concat-embed verify` again", CONFIG_FILE
-        )
+    _invalidated(model_dir, CONFIG_FILE)
     logger.info("Calibrated %s on %d texts", model_dir, len(embeddings))
     return result
+
+
+def _invalidated(model_dir: Path, changed: str) -> None:
+    """Say that a verified folder must be verified again (its hashed files changed)."""
+    if (model_dir / "verification.json").is_file():
+        message = "calibrate changed %s: its verification no longer holds; run `concat-embed verify` again"
+        logger.warning(message, changed)

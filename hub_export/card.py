@@ -153,7 +153,9 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
     parts = config["parts"]
     prompts = st_config.get("prompts", {})
     repo_id = repo_id or model_dir.name
-    dimension = sum(p["truncate_dim"] or p["dimension"] for p in parts)
+    from hub_export.modeling import parse_concat_config  # torch comes with it: only when a card is rendered
+
+    dimension = sum(spec.output_dimension for spec in parse_concat_config(config, "concat_config.json")[0])
     hub_parts = [p["source"] for p in parts if p.get("revision")]
     licenses = sorted({p["license"] for p in parts if p.get("license")})
     metadata = (

@@ -199,17 +199,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
     from sentence_transformers import SentenceTransformer
 
+    from hub_export.compress import COMPRESSION_FILE, int8_ranges
     from hub_export.devices import check_devices
     from hub_export.evaluation import evaluate_model, format_table
     from hub_export.files import read_json
 
     check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
-    record = Path(args.model) / "compression.json"  # a compressed folder: rows per Matryoshka dimension
+    record = Path(args.model) / COMPRESSION_FILE  # a compressed folder: rows per Matryoshka dimension
     dims = read_json(record).get("dims") if record.is_file() else None
+    ranges = {dim: int8_ranges(Path(args.model), dim) for dim in dims or []}
     rows = evaluate_model(
         model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size, matryoshka_dims=dims,
-        progress=True,
+        progress=True, int8_ranges={dim: r for dim, r in ranges.items() if r is not None},
     )  # fmt: skip
     sys.stdout.write(format_table(rows) + "\n")
     write_json_output(args.json, rows)

@@ -274,3 +274,43 @@ def read_projection(model_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
     tensors = load_file(str(model_dir / DENSE_DIR / "model.safetensors"))
     return tensors["linear.weight"].astype(np.float64), tensors["linear.bias"].astype(np.float64)
+
+
+def calibrate_compressed(model_dir: Path, embeddings: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Store whole-vector per-dimension int8 ranges, one set per Matryoshka dimension, in ``compression.json``.
+
+    Each dimension ``k``'s ranges are taken over the sample cut to ``k`` dims and re-normalized
+    (what is stored at that size). Returns ``{"<k>d": {"int8": {"low", "high", "dims"}}}`` (the
+    extreme ends, for display).
+    """
+    from hub_export.quantize import dimension_ranges
+
+    path = model_dir / COMPRESSION_FILE
+    record = read_json(path)
+    ranges, summary = {}, {}
+    for dim in record["dims"]:
+        low, high = dimension_ranges(unit_rows(embeddings[:, :dim]))
+        ranges[str(dim)] = {"low": low.tolist(), "high": high.tolist()}
+        summary[f"{dim}d"] = {"int8": {"low": float(low.min()), "high": float(high.max()), "dims": dim}}
+    record["int8_ranges"] = ranges | {"texts": len(embeddings)}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return summary
+
+
+def int8_ranges(model_dir: Path, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The calibrated ``(low, high)`` of a compressed folder at Matryoshka dimension ``dim``, or None.
+
+    Raises:
+        ValueError: If the stored ranges are not ``dim`` finite numbers each with low <= high.
+    """
+    path = model_dir / COMPRESSION_FILE
+    entry = (read_json(path).get("int8_ranges") or {}).get(str(dim)) if path.is_file() else None
+    if entry is None:
+        return None
+    try:
+        low, high = np.asarray(entry["low"], dtype=np.float64), np.asarray(entry["high"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        low = high = np.empty(0)
+    if low.shape != (dim,) or high.shape != (dim,) or not np.isfinite([low, high]).all() or (low > high).any():
+        raise ValueError(f"{path}: int8_ranges[{dim!r}] must hold {dim} finite low <= high values; run calibrate again")
+    return low, high

@@ -251,10 +251,14 @@ class _Encoder:
         self.model = SentenceTransformer(
             job.model, trust_remote_code=True, revision=job.revision, device="cpu", **runtime.load_kwargs()
         )
-        self.layouts = None
-        if job.dtype == "int8" and len(self.model) > 1:
-            raise ValueError(f"{job.model} is compressed: --dtype int8 needs per-part calibration; use float16")
-        if job.dtype == "int8":
+        self.layouts, self.ranges = None, None
+        if job.dtype == "int8" and len(self.model) > 1:  # compressed: whole-vector per-dimension ranges
+            from hub_export.compress import int8_ranges
+
+            self.ranges = int8_ranges(Path(job.model), self.dimension)
+            if self.ranges is None:
+                raise ValueError(f"{job.model} is compressed and has no int8 ranges: run `concat-embed calibrate`")
+        elif job.dtype == "int8":
             from hub_export.quantize import part_layouts
 
             self.layouts = part_layouts(self.model[0].specs, "int8")
@@ -276,6 +280,10 @@ class _Encoder:
         embeddings = self.model.encode(
             texts, prompt_name=self.job.prompt_name, batch_size=self.job.batch_size, convert_to_numpy=True, **kwargs
         )
+        if self.ranges is not None:
+            from hub_export.quantize import quantize_dimensions
+
+            return quantize_dimensions(embeddings, *self.ranges)
         return to_dtype(embeddings, self.job.dtype, self.layouts)
 
     def close(self) -> None:

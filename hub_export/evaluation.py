@@ -21,9 +21,11 @@ from hub_export.quantize import (
     PartLayout,
     bytes_per_vector,
     dequantize,
+    dequantize_dimensions,
     part_layouts,
     prepare_queries,
     quantize,
+    quantize_dimensions,
 )
 from hub_export.vectors import cosine_rows, unit_rows
 
@@ -115,6 +117,7 @@ def evaluate_model(
     batch_size: int = 32,
     matryoshka_dims: Sequence[int] | None = None,
     progress: bool = False,
+    int8_ranges: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{view, setting, sts, ndcg@10, recall@100, bytes, encode_s}`` (scores x 100).
 
@@ -131,6 +134,9 @@ def evaluate_model(
         batch_size: Encoding batch size.
         matryoshka_dims: The dimensions a compressed model records (``compression.json``).
         progress: Show a progress bar per encoded set (texts/s, ETA).
+        int8_ranges: A compressed model's calibrated per-dimension int8 ranges by Matryoshka dimension
+            (``concat-embed calibrate``); dimensions without them are quantized with ranges taken
+            from the evaluated documents themselves.
     """
     if sts is None and beir is None:
         raise ValueError("nothing to evaluate: pass --sts FILE and/or --beir DIR")
@@ -153,8 +159,9 @@ def evaluate_model(
     if len(model) > 1:  # compressed: the parts' columns are gone, the Matryoshka prefixes are the views
         dims = list(matryoshka_dims or [model.get_sentence_embedding_dimension()])
         return matryoshka_rows(
-            encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {}
-        )
+            encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {},
+            int8_ranges or {},
+        )  # fmt: skip
 
     names = [spec.name for spec in concat.specs]
     rows = []
@@ -184,18 +191,20 @@ MATRYOSHKA_SETTINGS = ("float32", "int8", "binary")
 RESCORE_MULTIPLIER = 4  # binary search keeps 4 x the needed candidates for float rescoring
 
 
-def matryoshka_codes(docs: np.ndarray, setting: str) -> tuple[np.ndarray, int]:
+def matryoshka_codes(
+    docs: np.ndarray, setting: str, ranges: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, int]:
     """Documents as stored and read back for ``setting``, and the bytes per vector.
 
-    int8: per-dimension ranges from these documents (as sentence-transformers' ``quantize_embeddings``
-    calibrates), 256 levels; binary: the sign bits, read back as +1 / -1.
+    int8: per-dimension ranges (calibrated ``ranges``, else these documents' own min / max, as
+    sentence-transformers' ``quantize_embeddings`` calibrates), 256 levels; binary: the sign
+    bits, read back as +1 / -1.
     """
     if setting == "float32":
         return docs, 4 * docs.shape[1]
     if setting == "int8":
-        low, high = docs.min(axis=0), docs.max(axis=0)
-        step = np.where(high > low, (high - low) / 255, 1.0)
-        return np.rint((docs - low) / step) * step + low, docs.shape[1]
+        low, high = ranges if ranges is not None else (docs.min(axis=0), docs.max(axis=0))
+        return dequantize_dimensions(quantize_dimensions(docs, low, high), low, high), docs.shape[1]
     return np.where(docs > 0, 1.0, -1.0), (docs.shape[1] + 7) // 8
 
 
@@ -218,20 +227,22 @@ def matryoshka_rows(
     query_ids: Sequence[str],
     doc_ids: Sequence[str],
     qrels: dict[str, dict[str, int]],
+    int8_ranges: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of a compressed model: per Matryoshka dimension, float32 / int8 / binary (float-rescored)."""
+    int8_ranges = int8_ranges or {}
     rows = []
     for dim in dims:
         for setting in MATRYOSHKA_SETTINGS:
             row: dict[str, Any] = {"view": f"{dim}d", "setting": setting}
             if "sts" in encoded:
                 left, right, gold = encoded["sts"]
-                a, _ = matryoshka_codes(unit_rows(left[:, :dim]), setting)
-                b, _ = matryoshka_codes(unit_rows(right[:, :dim]), setting)
+                a, _ = matryoshka_codes(unit_rows(left[:, :dim]), setting, int8_ranges.get(dim))
+                b, _ = matryoshka_codes(unit_rows(right[:, :dim]), setting, int8_ranges.get(dim))
                 row["sts"] = 100 * float(spearmanr(cosine_rows(a, b), gold).statistic)
             if "beir" in encoded:
                 q, d = (unit_rows(x[:, :dim]) for x in encoded["beir"])
-                stored, _ = matryoshka_codes(d, setting)
+                stored, _ = matryoshka_codes(d, setting, int8_ranges.get(dim))
                 scores = binary_rescored(q, stored, 100) if setting == "binary" else q @ unit_rows(stored).T
                 row |= {k: 100 * v for k, v in retrieval_metrics(scores, query_ids, doc_ids, qrels).items()}
             row["bytes"] = matryoshka_codes(np.zeros((1, dim)), setting)[1]

@@ -128,6 +128,22 @@ def write_whole(output: Path, write: Callable[[Path], object]) -> Path:
     return commit_output(staging, output)
 
 
+def check_addable(folder: Path, names: Iterable[str]) -> None:
+    """Refuse to add files to ``folder`` where one of ``names`` exists and is not recorded as this tool's.
+
+    Raises:
+        ValueError: Naming the files in the way.
+    """
+    recorded = set(recorded_files(folder) or [])
+    foreign = [
+        name for name in names if (folder / name).is_symlink() or ((folder / name).exists() and name not in recorded)
+    ]
+    if foreign:
+        raise ValueError(
+            f"{folder} already holds {foreign[:3]}, which concat-embed did not write; move them away first"
+        )
+
+
 def add_files(folder: Path, staged: Path) -> list[str]:
     """Move the files staged in ``staged`` into ``folder`` (same relative paths) and record them there.
 
@@ -139,14 +155,8 @@ def add_files(folder: Path, staged: Path) -> list[str]:
     """
     folder = Path(folder)
     names = _files_under(staged)
-    recorded = recorded_files(folder) or []
-    foreign = [name for name in names if (folder / name).exists() or (folder / name).is_symlink()]
-    foreign = [name for name in foreign if name not in recorded or (folder / name).is_symlink()]
-    if foreign:
-        raise ValueError(
-            f"{folder} already holds {foreign[:3]}, which concat-embed did not write; move them away first"
-        )
-    record = {"files": sorted(set(recorded) | set(names))}
+    check_addable(folder, names)
+    record = {"files": sorted(set(recorded_files(folder) or []) | set(names))}
     (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)

@@ -173,3 +173,26 @@ def bytes_per_vector(layouts: Sequence[PartLayout], scheme: str | None) -> int:
         return 4 * sum(p.dims for p in layouts)
     check_scheme(scheme)
     return sum(p.dims if scheme == "int8" else (p.dims + 1) // 2 for p in layouts)
+
+
+def dimension_ranges(embeddings: np.ndarray, scheme: str = "int8") -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension ``(low, high)``: each column's central quantile interval (``CALIBRATION_TAIL`` clipped)."""
+    check_scheme(scheme)
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    if not np.isfinite(embeddings).all():
+        raise ValueError("the model's outputs on the calibration corpus are not finite (NaN or inf); run `verify`")
+    tail = CALIBRATION_TAIL[scheme]
+    return np.quantile(embeddings, tail, axis=0), np.quantile(embeddings, 1 - tail, axis=0)
+
+
+def quantize_dimensions(embeddings: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """int8 codes with one range per dimension (values outside are clipped to it)."""
+    span = np.where(high > low, high - low, 1.0)
+    scaled = (np.clip(embeddings, low, high) - low) / span
+    return (np.rint(scaled * 255).astype(np.int16) - 128).astype(np.int8)
+
+
+def dequantize_dimensions(codes: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Float vectors back from :func:`quantize_dimensions` codes."""
+    span = np.where(high > low, high - low, 1.0)
+    return low + (codes.astype(np.float32) + 128) / 255 * span

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +93,22 @@ def choose_runtime(model: str, backend: str = "auto", quantization: str = "auto"
         onnx = ready and importlib.util.find_spec("onnxruntime") is not None and not torch.cuda.is_available()
         backend = "onnx" if onnx and quantization == "auto" else "torch"
     return Runtime(backend, None if quantization == "none" else quantization)
+
+
+def cpu_summary() -> str:
+    """The CPU a measurement ran on: model name, cores, torch's capability level, int8 family, bf16, ISA flags."""
+    import torch
+
+    from hub_export.modeling import cpu_family, cpu_flags, native_bf16
+
+    flags = cpu_flags()
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        info = []
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.machine())
+    shown = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")) or f in ("avx2", "fma", "f16c"))
+    return (
+        f"CPU {name}, {os.cpu_count()} cores; torch capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"int8 family {cpu_family(flags)}, native bf16 {native_bf16(flags)}; flags {' '.join(shown) or '-'}"
+    )

@@ -142,8 +142,47 @@ def test_eval_of_a_compressed_model_has_rows_per_dimension_and_storage(compresse
     assert abs(rows[3]["ndcg@10"] - 100 * direct["ndcg@10"]) <= 1e-6
 
 
-def test_per_part_tools_refuse_a_compressed_model(compressed, corpus, tmp_path) -> None:
-    from hub_export.calibrate import calibrate_folder
+def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, corpus, tmp_path) -> None:
+    import shutil
 
-    with pytest.raises(ValueError, match="is compressed: its vector has no per-part columns"):
-        calibrate_folder(compressed, corpus)
+    from hub_export.calibrate import calibrate_folder
+    from hub_export.compress import int8_ranges
+    from hub_export.data import read_corpus_texts
+    from hub_export.embed import EmbedJob, run_embed
+    from hub_export.quantize import dequantize_dimensions
+
+    folder = Path(shutil.copytree(compressed, tmp_path / "model"))
+    with pytest.raises(ValueError, match="is compressed: --dims does not apply"):
+        calibrate_folder(folder, corpus, dims={"alpha": 4})
+    records = tmp_path / "docs.jsonl"
+    records.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[:3])))
+    job = EmbedJob(str(folder), str(records), str(tmp_path / "refused"), dtype="int8", quantization=None)
+    with pytest.raises(ValueError, match="is compressed and has no int8 ranges: run `concat-embed calibrate`"):
+        run_embed(job, progress=False)
+    summary = calibrate_folder(folder, corpus, limit=None)
+    assert list(summary) == ["48d", "24d", "12d"] and summary["24d"]["int8"]["dims"] == 24
+    model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    sample = model.encode_document(read_corpus_texts(corpus))
+    cut = sample[:, :24] / np.linalg.norm(sample[:, :24], axis=1, keepdims=True)
+    low, high = int8_ranges(folder, 24)
+    assert np.allclose(low, np.quantile(cut, 1e-4, axis=0), atol=1e-6)
+    assert np.allclose(high, np.quantile(cut, 1 - 1e-4, axis=0), atol=1e-6)
+    assert json.loads((folder / "compression.json").read_text())["int8_ranges"]["texts"] == len(sample)
+    run_embed(
+        EmbedJob(str(folder), str(records), str(tmp_path / "int8"), dtype="int8", quantization=None), progress=False
+    )
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next((tmp_path / "int8").glob("shard-*.parquet")))
+    codes = np.array(table.column("vector").to_pylist(), dtype=np.int8)
+    floats = model.encode_document(TEXTS[:3])
+    full_low, full_high = int8_ranges(folder, 48)
+    step = (full_high - full_low) / 255
+    inside = (floats >= full_low) & (floats <= full_high)
+    assert codes.shape == (3, 48)
+    assert (np.abs(dequantize_dimensions(codes, full_low, full_high) - floats)[inside] <= step.max() / 2 + 1e-6).all()
+    record = json.loads((folder / "compression.json").read_text())
+    record["int8_ranges"]["24"]["low"][0] = float("nan")
+    (folder / "compression.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"int8_ranges\[24\] must hold 24 finite low <= high values"):
+        int8_ranges(folder, 24)

@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
 
 from tests.constants import QUERY_PROMPT
 from tests.hub_server import HubServer
@@ -112,6 +114,11 @@ def built(hub, upstream, tmp_path_factory) -> Path:
     return tmp / "model"
 
 
+def own_copy(built: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the module's built model (verify and push write into the folder)."""
+    return Path(shutil.copytree(built, tmp_path / "model"))
+
+
 def expected(upstream: dict[str, str], query: bool) -> torch.Tensor:
     prompt = QUERY_PROMPT if query else ""
     return torch.cat(
@@ -134,6 +141,7 @@ def test_build_records_pinned_revisions_and_licences(built, upstream) -> None:
     assert "license: other" in card and "(apache-2.0)" in card and "(mit)" in card
 
 
+@pytest.mark.slow  # CI runs it; the default run keeps one round trip per feature
 def test_build_at_pinned_revision_uses_that_revisions_weights(hub, built, upstream, tmp_path) -> None:
     ours = encode_remote(hub, tmp_path, str(built))
     assert torch.max(torch.abs(ours["query"] - expected(upstream, True))).item() <= 1e-5
@@ -146,12 +154,14 @@ def test_pickle_only_part_is_refused_unless_allowed(hub, upstream, tmp_path) -> 
     assert done.returncode == 2 and "only safetensors weights are accepted unless --allow-pickle" in done.stderr
 
 
+@pytest.mark.slow  # CI runs it; the default run keeps one round trip per feature
 def test_unknown_revision_fails_clearly(hub, upstream, tmp_path) -> None:
     done = cli(hub, tmp_path, "build", "--part", "a=up/alpha@nope", "--part", "b=up/beta", "--out", str(tmp_path / "m"))
     assert done.returncode != 0 and "nope" in done.stderr
 
 
 def test_verify_push_and_load_from_hub(hub, built, upstream, tmp_path) -> None:
+    built = own_copy(built, tmp_path)
     verified = cli(hub, tmp_path, "verify", str(built))
     assert verified.returncode == 0, verified.stderr[-3000:]
     assert "PASSED" in verified.stdout and "alpha" in verified.stdout
@@ -167,20 +177,31 @@ def test_verify_push_and_load_from_hub(hub, built, upstream, tmp_path) -> None:
     assert "usage" in files["README.md"].decode().lower() and "me/combined" in files["README.md"].decode()
     cache = tmp_path / "st-cache"
     remote = encode_remote(hub, tmp_path, "me/combined", cache_folder=str(cache))
-    local = encode_remote(hub, tmp_path, str(built))
-    assert torch.equal(remote["query"], local["query"]) and torch.equal(remote["document"], local["document"])
+    local = SentenceTransformer(str(built), trust_remote_code=True, device="cpu")
+    assert np.abs(remote["query"].numpy() - local.encode_query(TEXTS)).max() <= 1e-6
+    assert np.abs(remote["document"].numpy() - local.encode_document(TEXTS)).max() <= 1e-6
+
+
+@pytest.mark.slow
+def test_pushed_model_loads_offline_from_the_cache(hub, built, tmp_path) -> None:
+    built = own_copy(built, tmp_path)
+    assert cli(hub, tmp_path, "verify", str(built)).returncode == 0
+    assert cli(hub, tmp_path, "push", str(built), "--repo-id", "me/cached", "--token", TOKEN).returncode == 0
+    cache = tmp_path / "st-cache"
+    remote = encode_remote(hub, tmp_path, "me/cached", cache_folder=str(cache))
     offline = encode_remote(
-        hub, tmp_path, "me/combined", cache_folder=str(cache), _env={"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": DEAD}
+        hub, tmp_path, "me/cached", cache_folder=str(cache), _env={"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": DEAD}
     )
     assert torch.equal(offline["query"], remote["query"])
     local_only = encode_remote(
-        hub, tmp_path, "me/combined", cache_folder=str(cache), local_files_only=True, _env={"HF_ENDPOINT": DEAD}
+        hub, tmp_path, "me/cached", cache_folder=str(cache), local_files_only=True, _env={"HF_ENDPOINT": DEAD}
     )
     assert torch.equal(local_only["query"], remote["query"])
 
 
 @pytest.mark.slow
 def test_push_to_branch_and_load_with_revision(hub, built, upstream, tmp_path) -> None:
+    built = own_copy(built, tmp_path)
     variant = tmp_path / "variant"
     shutil.copytree(built, variant)
     config = json.loads((variant / "concat_config.json").read_text())
@@ -198,7 +219,9 @@ def test_push_to_branch_and_load_with_revision(hub, built, upstream, tmp_path) -
     assert torch.allclose(dev["query"][:, 32:], 0.5 * main["query"][:, 32:], atol=1e-6)
 
 
+@pytest.mark.slow  # CI runs it; the default run keeps one round trip per feature
 def test_server_error_mid_push_leaves_no_commit_and_retry_succeeds(hub, built, tmp_path) -> None:
+    built = own_copy(built, tmp_path)
     assert cli(hub, tmp_path, "verify", str(built)).returncode == 0
     assert cli(hub, tmp_path, "push", str(built), "--repo-id", "me/flaky", "--token", TOKEN).returncode == 0
     repo = hub.state.repos["me/flaky"]
@@ -225,7 +248,7 @@ def test_push_guards(hub, built, tmp_path) -> None:
     assert "alpha/model.safetensors" in dry.stdout and "total" in dry.stdout
     assert ".env" not in dry.stdout and "pytorch_model.bin" not in dry.stdout and "notes.key" not in dry.stdout
     requests_before = len(hub.state.requests)
-    (folder / "verification.json").unlink()
+    (folder / "verification.json").unlink(missing_ok=True)
     unverified = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
     assert unverified.returncode == 2 and "is not verified" in unverified.stderr
     assert cli(hub, tmp_path, "verify", str(folder)).returncode == 0
@@ -239,6 +262,7 @@ def test_push_guards(hub, built, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_private_repo_needs_token(hub, built, tmp_path) -> None:
+    built = own_copy(built, tmp_path)
     assert cli(hub, tmp_path, "verify", str(built)).returncode == 0
     pushed = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/secret", "--private", "--token", TOKEN)
     assert pushed.returncode == 0
@@ -249,6 +273,7 @@ def test_private_repo_needs_token(hub, built, tmp_path) -> None:
     assert with_token["query"].shape == (3, 72)
 
 
+@pytest.mark.slow  # CI runs it; the default run keeps one round trip per feature
 def test_push_sends_exactly_the_dry_run_files(hub, built, tmp_path) -> None:
     folder = tmp_path / "tricky"
     shutil.copytree(built, folder)
