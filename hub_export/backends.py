@@ -212,6 +212,8 @@ def export_backends(
     if not onnx and not openvino:
         raise ValueError("nothing to export: give --onnx and/or --openvino")
     model_dir = Path(model_dir)
+    if not (model_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"{model_dir}: not a combined model folder (no {CONFIG_FILE})")
     family = check_family(family) if int8 and onnx else None
     sts_pairs = load_sts(sts, sts_limit) if sts else None
     texts = read_corpus_texts(calibration, 300) if calibration else PROBES
