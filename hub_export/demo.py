@@ -36,6 +36,7 @@ for the concatenation (concat = the mean of the parts' cosines, as the parts hav
 The model is cached in {model_dir} ($CONCAT_EMBED_CACHE or --cache-dir moves it). Next:
   concat-embed verify {model_dir}
   concat-embed eval {model_dir} --sts ../shared/data/stsb/test.tsv.gz --limit 100
+  concat-embed export-backends {model_dir} --int8   # ONNX Runtime files (pip install -e '.[backends]')
   concat-embed serve {model_dir}      # OpenAI / TEI endpoints on http://127.0.0.1:8080
 """
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from hub_export.cli import main
 from tests.constants import QUERY_PROMPT
 from tests.hub_server import HubServer
 from tests.tiny_models import make_tiny_bert, reference_part
@@ -44,6 +45,16 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 def cli(hub: HubServer, tmp: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "hub_export", *args], client_env(hub, tmp, **extra), tmp)
+
+
+def cli_here(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """A command that never reaches the Hub (verify, a refused or dry-run push), run in this process."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 UPLOAD = """
@@ -160,11 +171,11 @@ def test_unknown_revision_fails_clearly(hub, upstream, tmp_path) -> None:
     assert done.returncode != 0 and "nope" in done.stderr
 
 
-def test_verify_push_and_load_from_hub(hub, built, upstream, tmp_path) -> None:
+def test_verify_push_and_load_from_hub(hub, built, upstream, tmp_path, capsys) -> None:
     built = own_copy(built, tmp_path)
-    verified = cli(hub, tmp_path, "verify", str(built))
-    assert verified.returncode == 0, verified.stderr[-3000:]
-    assert "PASSED" in verified.stdout and "alpha" in verified.stdout
+    code, out, err = cli_here(capsys, "verify", str(built))  # verify runs its own fresh child process
+    assert code == 0, err[-3000:]
+    assert "PASSED" in out and "alpha" in out
     commits_before = dict(hub.state.repos["me/combined"].branches) if "me/combined" in hub.state.repos else {}
     pushed = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/combined", "--token", TOKEN)
     assert pushed.returncode == 0, pushed.stderr[-3000:]
@@ -237,26 +248,26 @@ def test_server_error_mid_push_leaves_no_commit_and_retry_succeeds(hub, built, t
     assert repo.branches["main"] != head
 
 
-def test_push_guards(hub, built, tmp_path) -> None:
+def test_push_guards(hub, built, tmp_path, capsys) -> None:
     folder = tmp_path / "guarded"
     shutil.copytree(built, folder)
     (folder / ".env").write_text("HF_TOKEN=secret")
     (folder / "alpha" / "pytorch_model.bin").write_bytes(b"pickle")
     (folder / "notes.key").write_text("secret")
-    dry = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--dry-run")
-    assert dry.returncode == 0
-    assert "alpha/model.safetensors" in dry.stdout and "total" in dry.stdout
-    assert ".env" not in dry.stdout and "pytorch_model.bin" not in dry.stdout and "notes.key" not in dry.stdout
     requests_before = len(hub.state.requests)
+    code, out, _ = cli_here(capsys, "push", str(folder), "--repo-id", "me/x", "--dry-run")
+    assert code == 0
+    assert "alpha/model.safetensors" in out and "total" in out
+    assert ".env" not in out and "pytorch_model.bin" not in out and "notes.key" not in out
     (folder / "verification.json").unlink(missing_ok=True)
-    unverified = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
-    assert unverified.returncode == 2 and "is not verified" in unverified.stderr
-    assert cli(hub, tmp_path, "verify", str(folder)).returncode == 0
+    code, _, err = cli_here(capsys, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
+    assert code == 2 and "is not verified" in err
+    assert cli_here(capsys, "verify", str(folder))[0] == 0
     (folder / "concat_config.json").write_text((folder / "concat_config.json").read_text().replace("1.0", "2.0", 1))
-    stale = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
-    assert stale.returncode == 2 and "changed since it was verified" in stale.stderr
-    no_token = cli(hub, tmp_path, "push", str(folder), "--repo-id", "me/x", "--skip-verify")
-    assert no_token.returncode == 2 and "no Hub token" in no_token.stderr
+    code, _, err = cli_here(capsys, "push", str(folder), "--repo-id", "me/x", "--token", TOKEN)
+    assert code == 2 and "changed since it was verified" in err
+    code, _, err = cli_here(capsys, "push", str(folder), "--repo-id", "me/x", "--skip-verify")
+    assert code == 2 and "no Hub token" in err
     assert len(hub.state.requests) == requests_before
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from hub_export.cli import main
 from hub_export.verify import NON_FINITE, max_abs_diff, within
 
 
@@ -25,18 +24,16 @@ def test_non_finite_differences_never_pass() -> None:
     assert not within(float("nan"), 1e-5) and not within(float("inf"), 1e-5) and within(1e-6, 1e-5)
 
 
-def test_verify_fails_a_part_with_nan_weights(built_model, tmp_path) -> None:
+def test_verify_fails_a_part_with_nan_weights(built_model, tmp_path, capsys) -> None:
     folder = tmp_path / "nan"
     shutil.copytree(built_model, folder)
     weights = load_file(folder / "alpha" / "model.safetensors")
     name = next(key for key in weights if "word_embeddings" in key)
     weights[name] = torch.full_like(weights[name], float("nan"))
     save_file(weights, folder / "alpha" / "model.safetensors")
-    done = subprocess.run(
-        [sys.executable, "-m", "hub_export", "verify", str(folder)], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "FAILED" in done.stdout and re.search(rf"^alpha\s+{NON_FINITE}\s+FAIL$", done.stdout, re.MULTILINE)
+    assert main(["verify", str(folder)]) == 1  # the CLI in this process; verify itself runs a fresh child
+    out = capsys.readouterr().out
+    assert "FAILED" in out and re.search(rf"^alpha\s+{NON_FINITE}\s+FAIL$", out, re.MULTILINE)
     record = json.loads((folder / "verification.json").read_text())
     assert record["passed"] is False and record["max_abs_diff"]["concat"] == NON_FINITE
     assert "non-finite" in (folder / "README.md").read_text()
