@@ -282,20 +282,22 @@ def test_bad_config_names_file_and_field(built_model, tmp_path, edit, pattern) -
         SentenceTransformer(str(folder), trust_remote_code=True)
 
 
-def test_loads_in_a_process_where_the_project_is_not_importable(built_model, tmp_path) -> None:
+def test_loads_in_a_process_without_the_project_and_imports_no_optional_runtime(built_model, tmp_path) -> None:
+    # transformers imports every `import` statement of remote code first: onnxruntime / openvino must not be one
     script = (
         "import importlib.util, sys\n"
         "assert importlib.util.find_spec('modeling') is None, 'a module named modeling is importable'\n"
         "from sentence_transformers import SentenceTransformer\n"
         "m = SentenceTransformer(sys.argv[1], trust_remote_code=True)\n"
         "print(m.encode_query(['what is snowflake?']).shape)\n"
+        "print('runtimes', sorted(k for k in ('onnxruntime', 'openvino', 'nncf', 'onnx') if k in sys.modules))\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
     run = subprocess.run(
         [sys.executable, "-c", script, str(built_model)], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "(1, 96)" in run.stdout
+    assert "(1, 96)" in run.stdout and "runtimes []" in run.stdout
     folder = tmp_path / "no_code"
     shutil.copytree(built_model, folder)
     (folder / "modeling.py").unlink()
