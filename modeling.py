@@ -510,8 +510,7 @@ class ExportedTransformer(nn.Module):
             self._compiled: dict[int, Any] = {}
             self._cpu_share = CpuShare()
             self.input_names = [port.any_name for port in self._model.inputs]
-            self.session = self._openvino_session(threads)
-            self.output_name = self.session.output(0)
+            self._openvino_session(threads)  # compile now: a broken file fails at load, not at the first call
 
     def _openvino_session(self, threads: int) -> Any:
         """The OpenVINO model compiled for ``threads`` threads (compiled on first use, then kept).
@@ -538,6 +537,11 @@ class ExportedTransformer(nn.Module):
             session = self._openvino_session(self._cpu_share.threads(torch.get_num_threads()))
             hidden = session(feeds)[session.output(0)]
         return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden).to(input_ids.device))
+
+
+def replace_transformer_model(transformer: nn.Module, model: nn.Module) -> None:
+    """Put ``model`` where a Transformer module keeps its model (``model`` in 6.x, ``auto_model`` in 5.x)."""
+    setattr(transformer, "model" if "model" in transformer._modules else "auto_model", model)
 
 
 # --- Part IO: saving and loading one part ---
@@ -662,7 +666,7 @@ def load_part(
             )
         transformer = modules[0]
         exported = ExportedTransformer(backend, path, transformer.auto_model.config, runtime.get("provider"))
-        setattr(transformer, "model" if "model" in transformer._modules else "auto_model", exported)
+        replace_transformer_model(transformer, exported)
     return nn.Sequential(*modules)
 
 
@@ -724,6 +728,7 @@ class ConcatEmbedding(InputModule):
         # On CPU, run with fewer torch threads while other processes keep cores busy (CpuShare).
         self.adaptive_threads = True
         self._cpu_share = CpuShare()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.cpu_chunk_bytes = CPU_CHUNK_BYTES
         self._fingerprints = [_tokenizer_fingerprint(pipeline[0]) for pipeline in self.pipelines]
 
@@ -909,7 +914,7 @@ class ConcatEmbedding(InputModule):
 
     def _part_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that run the parts of an exported backend side by side (made on first use)."""
-        if getattr(self, "_pool", None) is None:
+        if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(len(self.pipelines), thread_name_prefix="concat-part")
         return self._pool
 

@@ -35,6 +35,7 @@ from hub_export.modeling import (
     ExportedTransformer,
     cpu_family,
     parse_concat_config,
+    replace_transformer_model,
 )
 from hub_export.outdir import add_files, check_addable, staging_folder
 from hub_export.vectors import cosine_rows, unit_rows
@@ -145,11 +146,11 @@ def _running(model: Any, backend: str, files: Sequence[Path]) -> Iterator[None]:
     try:
         for transformer, original, path in zip(transformers, originals, files):
             exported = ExportedTransformer(backend, str(path), original.config)
-            setattr(transformer, "model" if "model" in transformer._modules else "auto_model", exported)
+            replace_transformer_model(transformer, exported)
         yield
     finally:
         for transformer, original in zip(transformers, originals):
-            setattr(transformer, "model" if "model" in transformer._modules else "auto_model", original)
+            replace_transformer_model(transformer, original)
 
 
 def _measure(model: Any, texts: list[str], sts: tuple[list[str], list[str], np.ndarray] | None) -> dict[str, Any]:
@@ -279,7 +280,8 @@ def previous_files(model_dir: Path) -> dict[str, Any]:
     path = model_dir / BACKENDS_FILE
     if not path.is_file():
         return {}
-    files = read_json(path).get("files") if isinstance(read_json(path), dict) else None
+    record = read_json(path)
+    files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
         raise ValueError(f"{path}: 'files' must be an object of file entries")
     return files
