@@ -135,6 +135,17 @@ def check_addable(folder: Path, names: Iterable[str]) -> None:
         ValueError: Naming the files in the way.
     """
     recorded = set(recorded_files(folder) or [])
+    names = list(names)
+    linked = sorted(
+        {
+            Path(*Path(name).parts[:depth]).as_posix()
+            for name in names
+            for depth in range(1, len(Path(name).parts))
+            if (folder / Path(*Path(name).parts[:depth])).is_symlink()
+        }
+    )
+    if linked:  # a file added below a linked folder would land outside this folder
+        raise ValueError(f"{folder}: {linked[:3]} is a symbolic link; replace it with a real folder first")
     foreign = [
         name for name in names if (folder / name).is_symlink() or ((folder / name).exists() and name not in recorded)
     ]

@@ -80,3 +80,17 @@ def test_published_files_hold_no_local_paths(tiny_parts, tmp_path) -> None:
     config = json.loads((out / "concat_config.json").read_text())
     assert [p["source"] for p in config["parts"]] == ["a", "b"]
     assert "| x | a |" in (out / "README.md").read_text()
+
+
+def test_files_are_not_added_below_a_linked_folder(tmp_path) -> None:
+    from hub_export.outdir import add_files
+
+    folder, outside, staged = tmp_path / "model", tmp_path / "outside", tmp_path / "staged"
+    (folder / "alpha").mkdir(parents=True)
+    outside.mkdir()
+    (folder / "alpha" / "onnx").symlink_to(outside, target_is_directory=True)
+    (staged / "alpha" / "onnx").mkdir(parents=True)
+    (staged / "alpha" / "onnx" / "model.onnx").write_bytes(b"graph")
+    with pytest.raises(ValueError, match=r"\['alpha/onnx'\] is a symbolic link; replace it with a real folder"):
+        add_files(folder, staged)
+    assert list(outside.iterdir()) == [] and not (folder / RECORD).exists()
