@@ -39,8 +39,9 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "concat_config.json"
 POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")
-QUANT_SCHEMES = ("int8", "int4")
-RUNTIME_QUANTIZATION = (None, "auto", "int8-dynamic")
+CODE_SCHEMES = ("int8", "int4")  # vector codes: how stored embeddings are packed (calibrated ranges)
+LEGACY_CODE_RANGES = "quantization"  # the old name of PartSpec.code_ranges in concat_config.json
+WEIGHT_QUANTIZATION = (None, "auto", "int8-dynamic")  # model_kwargs quantization: how the weights run
 # Where each part's exported runtimes live, in sentence-transformers' own layout (relative to the part).
 BACKENDS = ("torch", "onnx", "openvino")
 BACKEND_DEFAULT_FILES = {"onnx": "onnx/model.onnx", "openvino": "openvino/openvino_model.xml"}
@@ -100,10 +101,12 @@ class PartSpec:
         source: Where the part was built from (a Hub id or a folder), for provenance.
         revision: Resolved commit of ``source`` on the Hub, for provenance.
         license: Licence of the source, for the model card.
-        quantization: Calibrated scalar-quantization ranges by scheme (``int8``, ``int4``), each
-            ``{"low": float, "high": float, "dims": int}``: the first ``dims`` dimensions of this
-            part (re-normalized) are stored, values clipped to ``[low, high]``. Written by
-            ``concat-embed calibrate``; not used by ``encode``.
+        code_ranges: Calibrated ranges for storing this part's vectors as codes, by scheme
+            (``int8``, ``int4``), each ``{"low": float, "high": float, "dims": int}``: the first
+            ``dims`` dimensions of this part (re-normalized) are stored, values clipped to
+            ``[low, high]``. Written by ``concat-embed calibrate``; not used by ``encode``. (Vector
+            codes, not weight quantization; files written before the rename call the field
+            ``quantization``, which is read as ``code_ranges``.)
         trust_remote_code: Whether this part's own code (``auto_map`` in its ``config.json``) may
             run. Recorded at build time; ``trust_remote_code=True`` given to the combined model
             does not reach parts that were not built with it.
@@ -120,7 +123,7 @@ class PartSpec:
     source: str | None = None
     revision: str | None = None
     license: str | None = None
-    quantization: dict[str, dict[str, float]] = field(default_factory=dict)
+    code_ranges: dict[str, dict[str, float]] = field(default_factory=dict)
     trust_remote_code: bool = False
 
     @property
@@ -141,6 +144,10 @@ class PartSpec:
         """
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        if LEGACY_CODE_RANGES in data:  # written before vector-code ranges had their own name
+            if "code_ranges" in data:
+                raise ValueError(f"{where}: both code_ranges and its old name {LEGACY_CODE_RANGES!r}; keep code_ranges")
+            data = {("code_ranges" if k == LEGACY_CODE_RANGES else k): v for k, v in data.items()}
         known = [f.name for f in fields(cls)]
         if unknown := sorted(set(data) - set(known)):
             raise ValueError(f"{where}: unknown field(s) {unknown}; valid fields: {known}")
@@ -175,9 +182,9 @@ class PartSpec:
             _is_positive_int(self.truncate_dim) and self.truncate_dim <= self.dimension
         ):
             raise bad("truncate_dim", f"null or an integer in [1, {self.dimension}] (the part's dimension)")
-        for scheme, entry in self.quantization.items() if isinstance(self.quantization, dict) else [(None, None)]:
-            if scheme not in QUANT_SCHEMES:
-                raise bad("quantization", f"an object keyed by schemes {list(QUANT_SCHEMES)}")
+        for scheme, entry in self.code_ranges.items() if isinstance(self.code_ranges, dict) else [(None, None)]:
+            if scheme not in CODE_SCHEMES:
+                raise bad("code_ranges", f"an object keyed by schemes {list(CODE_SCHEMES)}")
             if (
                 not isinstance(entry, dict)
                 or set(entry) != {"low", "high", "dims"}
@@ -185,7 +192,7 @@ class PartSpec:
                 or not entry["low"] < entry["high"]
                 or not (_is_positive_int(entry["dims"]) and entry["dims"] <= self.output_dimension)
             ):
-                raise bad("quantization", f"{{scheme: {{finite low < high, dims in [1, {self.output_dimension}]}}}}")
+                raise bad("code_ranges", f"{{scheme: {{finite low < high, dims in [1, {self.output_dimension}]}}}}")
         if not isinstance(self.trust_remote_code, bool):
             raise bad("trust_remote_code", "true or false")
 
@@ -960,8 +967,8 @@ class ConcatEmbedding(InputModule):
         if backend not in BACKENDS:
             raise ValueError(f"backend = {backend!r}: expected one of {list(BACKENDS)}")
         quantization = model_kwargs.pop("quantization", None)
-        if quantization not in RUNTIME_QUANTIZATION:
-            valid = list(RUNTIME_QUANTIZATION)
+        if quantization not in WEIGHT_QUANTIZATION:
+            valid = list(WEIGHT_QUANTIZATION)
             raise ValueError(f"model_kwargs quantization = {quantization!r}: expected one of {valid}")
         file_name, provider = model_kwargs.pop("file_name", None), model_kwargs.pop("provider", None)
         if model_kwargs.pop("export", False):

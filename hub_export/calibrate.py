@@ -1,4 +1,4 @@
-"""``concat-embed calibrate``: per-part quantization ranges from a calibration corpus."""
+"""``concat-embed calibrate``: ranges for storing vectors as int8/int4 codes, from a calibration corpus."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 import logging
 from pathlib import Path
 
+from hub_export.codes import part_ranges
 from hub_export.compress import COMPRESSION_FILE, calibrate_compressed
 from hub_export.data import read_corpus_texts
 from hub_export.files import read_json
-from hub_export.modeling import CONFIG_FILE
-from hub_export.quantize import calibrate
+from hub_export.modeling import CONFIG_FILE, LEGACY_CODE_RANGES
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,13 @@ def calibrate_folder(
     compressed = (model_dir / COMPRESSION_FILE).is_file()
     if compressed and dims:
         raise ValueError(f"{model_dir} is compressed: --dims does not apply (ranges are stored per Matryoshka dim)")
+    if not compressed and "code_ranges" not in (model_dir / "modeling.py").read_text(
+        encoding="utf-8", errors="replace"
+    ):
+        raise ValueError(
+            f"{model_dir / 'modeling.py'} is from an older concat-embed that would not read the ranges "
+            "(parts[i].code_ranges): rebuild the folder with `concat-embed build ... --out` first"
+        )
     texts = read_corpus_texts(corpus, limit)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     embeddings = model.encode_document(texts, show_progress_bar=progress)
@@ -45,11 +52,12 @@ def calibrate_folder(
         result = calibrate_compressed(model_dir, embeddings)
         _invalidated(model_dir, COMPRESSION_FILE)
         return result
-    result = calibrate(embeddings, model[0].specs, dims)
+    result = part_ranges(embeddings, model[0].specs, dims)
     config_path = model_dir / CONFIG_FILE
     config = read_json(config_path)
     for part in config["parts"]:
-        part["quantization"] = result[part["name"]]
+        part.pop(LEGACY_CODE_RANGES, None)
+        part["code_ranges"] = result[part["name"]]
     config_path.write_text(json.dumps(config, indent=4) + "\n")
     _invalidated(model_dir, CONFIG_FILE)
     logger.info("Calibrated %s on %d texts", model_dir, len(embeddings))

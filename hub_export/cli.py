@@ -417,7 +417,7 @@ def make_parser() -> argparse.ArgumentParser:
     push.add_argument("--allow-pickle", action="store_true", help="also upload pickle weights")
     push.set_defaults(func=cmd_push)
 
-    calibrate = sub.add_parser("calibrate", help="store per-part int8/int4 quantization ranges")
+    calibrate = sub.add_parser("calibrate", help="store int8/int4 code ranges for stored vectors")
     calibrate.add_argument("model_dir", help="combined model folder")
     calibrate.add_argument("--corpus", required=True, help=".jsonl[.gz] with text (and title), or a text file")
     calibrate.add_argument("--limit", type=limit_int, default=2000, help="calibration sample size (0 = all)")

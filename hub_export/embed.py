@@ -26,11 +26,11 @@ import numpy as np
 from hub_export.data import INVALID, count_records, iter_records
 from hub_export.devices import check_devices
 from hub_export.files import file_sha256, read_json
-from hub_export.modeling import BACKENDS, RUNTIME_QUANTIZATION
+from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
 from hub_export.runtime import Runtime, loaded_label
 
 if TYPE_CHECKING:
-    from hub_export.quantize import PartLayout
+    from hub_export.codes import PartLayout
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class EmbedJob:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {list(DTYPES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; valid: {list(ENGINES)}")
-        if self.quantization not in RUNTIME_QUANTIZATION:
-            raise ValueError(f"unknown quantization {self.quantization!r}; valid: {list(RUNTIME_QUANTIZATION)}")
+        if self.quantization not in WEIGHT_QUANTIZATION:
+            raise ValueError(f"unknown quantization {self.quantization!r}; valid: {list(WEIGHT_QUANTIZATION)}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; valid: {list(BACKENDS)}")
         if self.backend != "torch" and (self.devices or self.engine == "ray"):
@@ -259,7 +259,7 @@ class _Encoder:
             if self.ranges is None:
                 raise ValueError(f"{job.model} is compressed and has no int8 ranges: run `concat-embed calibrate`")
         elif job.dtype == "int8":
-            from hub_export.quantize import part_layouts
+            from hub_export.codes import part_layouts
 
             self.layouts = part_layouts(self.model[0].specs, "int8")
         self.pool = None
@@ -269,7 +269,7 @@ class _Encoder:
     @property
     def dimension(self) -> int:
         if self.layouts is not None:
-            from hub_export.quantize import bytes_per_vector
+            from hub_export.codes import bytes_per_vector
 
             return bytes_per_vector(self.layouts, "int8")
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
@@ -281,9 +281,9 @@ class _Encoder:
             texts, prompt_name=self.job.prompt_name, batch_size=self.job.batch_size, convert_to_numpy=True, **kwargs
         )
         if self.ranges is not None:
-            from hub_export.quantize import quantize_dimensions
+            from hub_export.codes import dimension_codes
 
-            return quantize_dimensions(embeddings, *self.ranges)
+            return dimension_codes(embeddings, *self.ranges)
         return to_dtype(embeddings, self.job.dtype, self.layouts)
 
     def close(self) -> None:
@@ -294,9 +294,9 @@ class _Encoder:
 def to_dtype(embeddings: np.ndarray, dtype: str, layouts: Sequence[PartLayout] | None = None) -> np.ndarray:
     """Model output as stored: float32, float16, or int8 codes with the model's calibrated ranges."""
     if dtype == "int8":
-        from hub_export.quantize import quantize
+        from hub_export.codes import encode_codes
 
-        return quantize(embeddings, layouts, "int8")
+        return encode_codes(embeddings, layouts, "int8")
     return np.asarray(embeddings, dtype=np.dtype(dtype))
 
 

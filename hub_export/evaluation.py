@@ -3,7 +3,7 @@
 ``concat-embed eval`` prints one row per view (each part alone, the concatenation) and
 compression setting (float32, and int8 / int4 where ``concat-embed calibrate`` stored ranges).
 Retrieval metrics come from pytrec_eval; compressed retrieval scores float queries against
-dequantized documents.
+decoded documents (vector codes).
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from hub_export.data import document_text, load_beir, load_sts
-from hub_export.quantize import (
+from hub_export.codes import (
     PartLayout,
     bytes_per_vector,
-    dequantize,
-    dequantize_dimensions,
+    decode_codes,
+    decode_dimension_codes,
+    dimension_codes,
+    encode_codes,
     part_layouts,
     prepare_queries,
-    quantize,
-    quantize_dimensions,
 )
+from hub_export.data import document_text, load_beir, load_sts
 from hub_export.vectors import cosine_rows, unit_rows
 
 if TYPE_CHECKING:
@@ -103,10 +103,10 @@ class PartTimer:
 
 
 def _compress(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str | None) -> np.ndarray:
-    """The vectors as stored and read back: float (shaped) or dequantized codes."""
+    """The vectors as stored and read back: float (shaped) or decoded codes."""
     if scheme is None:
         return prepare_queries(embeddings, layouts)
-    return dequantize(quantize(embeddings, layouts, scheme), layouts, scheme)
+    return decode_codes(encode_codes(embeddings, layouts, scheme), layouts, scheme)
 
 
 def evaluate_model(
@@ -135,7 +135,7 @@ def evaluate_model(
         matryoshka_dims: The dimensions a compressed model records (``compression.json``).
         progress: Show a progress bar per encoded set (texts/s, ETA).
         int8_ranges: A compressed model's calibrated per-dimension int8 ranges by Matryoshka dimension
-            (``concat-embed calibrate``); dimensions without them are quantized with ranges taken
+            (``concat-embed calibrate``); dimensions without them are coded with ranges taken
             from the evaluated documents themselves.
     """
     if sts is None and beir is None:
@@ -204,7 +204,7 @@ def matryoshka_codes(
         return docs, 4 * docs.shape[1]
     if setting == "int8":
         low, high = ranges if ranges is not None else (docs.min(axis=0), docs.max(axis=0))
-        return dequantize_dimensions(quantize_dimensions(docs, low, high), low, high), docs.shape[1]
+        return decode_dimension_codes(dimension_codes(docs, low, high), low, high), docs.shape[1]
     return np.where(docs > 0, 1.0, -1.0), (docs.shape[1] + 7) // 8
 
 

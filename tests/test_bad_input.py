@@ -86,7 +86,7 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     edited_model(built_model, root / "m_star", lambda c: c["parts"][0].update(name="*"))
     edited_model(built_model, root / "m_up", lambda c: c["parts"][0].update(subfolder="../alpha"))
     edited_model(built_model, root / "m_nan_range", lambda c: c["parts"][0].update(
-        quantization={"int8": {"low": float("nan"), "high": 1.0, "dims": 8}}))  # fmt: skip
+        code_ranges={"int8": {"low": float("nan"), "high": 1.0, "dims": 8}}))  # fmt: skip
     edited_model(built_model, root / "m_trust", lambda c: c["parts"][0].update(trust_remote_code="yes"))
     write(edited_model(built_model, root / "m_modules") / "alpha" / "modules.json", "[{")
     write(edited_model(built_model, root / "m_verif") / "verification.json", "{passed: true}")
@@ -267,7 +267,7 @@ API_CASES = [
     ("config-max-seq-over-limit", lambda f: load(f.m_long), ValueError, "parts[0].max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
     ("config-name-star", lambda f: load(f.m_star), ValueError, "parts[0].name = '*': expected 1-64 letters"),
     ("config-subfolder-up", lambda f: load(f.m_up), ValueError, "parts[0].subfolder = '../alpha': expected a relative folder inside the model"),
-    ("config-range-nan", lambda f: load(f.m_nan_range), ValueError, "parts[0].quantization = {'int8': {'low': nan"),
+    ("config-range-nan", lambda f: load(f.m_nan_range), ValueError, "parts[0].code_ranges = {'int8': {'low': nan"),
     ("config-trust-not-bool", lambda f: load(f.m_trust), ValueError, "parts[0].trust_remote_code = 'yes': expected true or false"),
     ("part-modules-invalid-json", lambda f: load(f.m_modules), ValueError, "alpha/modules.json: invalid JSON at line 1 column 3"),
     ("max-seq-setter", set_model_length, ValueError, "part 'alpha'.max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),

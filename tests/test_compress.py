@@ -146,10 +146,10 @@ def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, cor
     import shutil
 
     from hub_export.calibrate import calibrate_folder
+    from hub_export.codes import decode_dimension_codes
     from hub_export.compress import int8_ranges
     from hub_export.data import read_corpus_texts
     from hub_export.embed import EmbedJob, run_embed
-    from hub_export.quantize import dequantize_dimensions
 
     folder = Path(shutil.copytree(compressed, tmp_path / "model"))
     with pytest.raises(ValueError, match="is compressed: --dims does not apply"):
@@ -180,7 +180,7 @@ def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, cor
     step = (full_high - full_low) / 255
     inside = (floats >= full_low) & (floats <= full_high)
     assert codes.shape == (3, 48)
-    assert (np.abs(dequantize_dimensions(codes, full_low, full_high) - floats)[inside] <= step.max() / 2 + 1e-6).all()
+    assert (np.abs(decode_dimension_codes(codes, full_low, full_high) - floats)[inside] <= step.max() / 2 + 1e-6).all()
     record = json.loads((folder / "compression.json").read_text())
     record["int8_ranges"]["24"]["low"][0] = float("nan")
     (folder / "compression.json").write_text(json.dumps(record))

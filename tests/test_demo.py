@@ -60,16 +60,16 @@ def test_stsb_spearman_matches_published_numbers(demo_model) -> None:
 
 
 def test_eval_on_a_subsample_with_calibrated_compression(demo_dir, tmp_path) -> None:
+    from hub_export.codes import part_ranges
     from hub_export.data import read_corpus_texts
     from hub_export.evaluation import evaluate_model
-    from hub_export.quantize import calibrate
 
     demo_model = SentenceTransformer(str(demo_dir), trust_remote_code=True, device="cpu")  # its specs change below
 
     sample = demo_model.encode_document(read_corpus_texts(DATA / "scifact" / "corpus.jsonl.gz", limit=200))
-    for spec, (name, ranges) in zip(demo_model[0].specs, calibrate(sample, demo_model[0].specs).items()):
+    for spec, (name, ranges) in zip(demo_model[0].specs, part_ranges(sample, demo_model[0].specs).items()):
         assert spec.name == name
-        spec.quantization = ranges
+        spec.code_ranges = ranges
     rows = evaluate_model(demo_model, sts=DATA / "stsb" / "test.tsv.gz", beir=DATA / "scifact", limit=40)
     by_key = {(r["view"], r["setting"]): r for r in rows}
     assert len(rows) == 9

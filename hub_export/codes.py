@@ -1,11 +1,15 @@
-"""Per-part compression of concatenated embeddings: truncation + calibrated scalar quantization.
+"""Vector codes: stored embeddings as small integers (truncation + calibrated scalar codes).
+
+"Codes" are how vectors are stored; "quantization" in this project means the model's weights
+(``model_kwargs={"quantization": ...}``, ``export-backends --int8``).
 
 Each part of the concatenation is cut to its calibrated ``dims`` (Matryoshka-style, then
-re-normalized) and quantized with its own ``[low, high]`` range: ``int8`` stores one signed byte
-per dimension, ``int4`` packs two 4-bit codes per byte. Ranges come from ``concat-embed calibrate``
-and live in ``concat_config.json`` (``parts[i].quantization``).
+re-normalized) and coded with its own ``[low, high]`` range: ``int8`` stores one signed byte per
+dimension, ``int4`` packs two 4-bit codes per byte. Ranges come from ``concat-embed calibrate``
+and live in ``concat_config.json`` (``parts[i].code_ranges``). A compressed model's whole-vector
+per-dimension ranges use :func:`dimension_ranges` / :func:`dimension_codes`.
 
-Scoring is asymmetric: queries stay float (shaped the same way), documents are dequantized;
+Scoring is asymmetric: queries stay float (shaped the same way), documents are decoded;
 :func:`score` returns cosine similarities of the weighted concatenations.
 """
 
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hub_export.modeling import QUANT_SCHEMES, PartSpec
+from hub_export.modeling import CODE_SCHEMES, PartSpec
 from hub_export.vectors import unit_rows
 
 LEVELS = {"int8": 256, "int4": 16}
@@ -38,8 +42,8 @@ class PartLayout:
 
 def check_scheme(scheme: str) -> None:
     """Raise ``ValueError`` listing the valid schemes."""
-    if scheme not in QUANT_SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; valid schemes: {list(QUANT_SCHEMES)}")
+    if scheme not in CODE_SCHEMES:
+        raise ValueError(f"unknown code scheme {scheme!r}; valid schemes: {list(CODE_SCHEMES)}")
 
 
 def part_layouts(
@@ -61,10 +65,10 @@ def part_layouts(
         if names is None or spec.name in names:
             if scheme is None:
                 layouts.append(PartLayout(spec.name, start, width, spec.weight, width))
-            elif scheme not in spec.quantization:
+            elif scheme not in spec.code_ranges:
                 raise ValueError(f"part {spec.name!r} has no {scheme} calibration: run `concat-embed calibrate` first")
             else:
-                entry = spec.quantization[scheme]
+                entry = spec.code_ranges[scheme]
                 layouts.append(
                     PartLayout(spec.name, start, width, spec.weight, entry["dims"], entry["low"], entry["high"])
                 )
@@ -78,7 +82,7 @@ def shape_parts(embeddings: np.ndarray, layouts: Sequence[PartLayout]) -> list[n
     return [unit_rows(embeddings[:, p.start : p.start + p.width][:, : p.dims]) for p in layouts]
 
 
-def calibrate(
+def part_ranges(
     embeddings: np.ndarray, specs: Sequence[PartSpec], dims: dict[str, int] | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Per-part ranges for every scheme from a calibration sample of model outputs.
@@ -118,7 +122,7 @@ def calibrate(
     return result
 
 
-def quantize(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str) -> np.ndarray:
+def encode_codes(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str) -> np.ndarray:
     """Codes of shape ``[n, bytes_per_vector]``: ``int8`` for int8, ``uint8`` (two codes a byte) for int4."""
     check_scheme(scheme)
     levels = LEVELS[scheme]
@@ -136,7 +140,7 @@ def quantize(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str)
     return packed.view(np.int8) if scheme == "int8" else packed
 
 
-def dequantize(codes: np.ndarray, layouts: Sequence[PartLayout], scheme: str) -> np.ndarray:
+def decode_codes(codes: np.ndarray, layouts: Sequence[PartLayout], scheme: str) -> np.ndarray:
     """Float vectors ``[n, sum(dims)]`` from codes, each part times its weight."""
     check_scheme(scheme)
     levels = LEVELS[scheme]
@@ -163,8 +167,8 @@ def prepare_queries(embeddings: np.ndarray, layouts: Sequence[PartLayout]) -> np
 
 
 def score(queries: np.ndarray, doc_codes: np.ndarray, layouts: Sequence[PartLayout], scheme: str) -> np.ndarray:
-    """Cosine similarity ``[n_queries, n_docs]`` of float queries against quantized documents."""
-    return unit_rows(prepare_queries(queries, layouts)) @ unit_rows(dequantize(doc_codes, layouts, scheme)).T
+    """Cosine similarity ``[n_queries, n_docs]`` of float queries against coded documents."""
+    return unit_rows(prepare_queries(queries, layouts)) @ unit_rows(decode_codes(doc_codes, layouts, scheme)).T
 
 
 def bytes_per_vector(layouts: Sequence[PartLayout], scheme: str | None) -> int:
@@ -185,14 +189,14 @@ def dimension_ranges(embeddings: np.ndarray, scheme: str = "int8") -> tuple[np.n
     return np.quantile(embeddings, tail, axis=0), np.quantile(embeddings, 1 - tail, axis=0)
 
 
-def quantize_dimensions(embeddings: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def dimension_codes(embeddings: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """int8 codes with one range per dimension (values outside are clipped to it)."""
     span = np.where(high > low, high - low, 1.0)
     scaled = (np.clip(embeddings, low, high) - low) / span
     return (np.rint(scaled * 255).astype(np.int16) - 128).astype(np.int8)
 
 
-def dequantize_dimensions(codes: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Float vectors back from :func:`quantize_dimensions` codes."""
+def decode_dimension_codes(codes: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Float vectors back from :func:`dimension_codes` codes."""
     span = np.where(high > low, high - low, 1.0)
     return low + (codes.astype(np.float32) + 128) / 255 * span
