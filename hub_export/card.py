@@ -75,7 +75,7 @@ COMPRESSION_SECTION = """## Compression
 
 The concatenation ({source_dimension}-d) is projected to **{dimension} dimensions** by a `{method}`
 projection (`Dense` + `Normalize` after the parts), fitted on `{corpus}` ({texts} texts, sha256
-`{sha}`). It is Matryoshka-ordered: cut it with sentence-transformers' `truncate_dim`
+`{sha}`){anchors}. It is Matryoshka-ordered: cut it with sentence-transformers' `truncate_dim`
 (`SentenceTransformer(..., truncate_dim=96)` or `encode(..., truncate_dim=96)`) to any of
 {dims}; the first dimensions matter most.
 
@@ -127,6 +127,16 @@ def _read_json(path: Path) -> dict | None:
 def diff_cell(diff: object) -> str:
     """A recorded verification difference as printed in the report and the card (a number or ``non-finite``)."""
     return f"{diff:.2e}" if isinstance(diff, (int, float)) else str(diff)
+
+
+def _anchor_text(compression: dict[str, Any]) -> str:
+    """What besides the documents trained the projection (queries, titles as pseudo queries)."""
+    used = []
+    if isinstance(queries := compression.get("queries"), dict) and queries.get("texts"):
+        used.append(f"{queries['texts']} queries from `{queries.get('name')}`")
+    if isinstance(pseudo := compression.get("pseudo_queries"), dict) and pseudo.get("texts"):
+        used.append(f"{pseudo['texts']} corpus {pseudo.get('source')} as pseudo queries")
+    return f", trained with {' and '.join(used)}" if used else ""
 
 
 def _backend_row(name: str, entry: Any) -> str:
@@ -204,6 +214,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
             corpus=compression["corpus"]["name"],
             texts=compression["corpus"]["texts"],
             sha=compression["corpus"]["sha256"][:12],
+            anchors=_anchor_text(compression),
             dims=", ".join(map(str, compression["dims"])),
             rows="\n".join(f"| {k} | {v:.4f} |" for k, v in compression["similarity_fidelity"].items()),
         )

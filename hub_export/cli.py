@@ -313,7 +313,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ValueError(f"--dims {args.dims!r}: {error}") from None
     options = CompressOptions(
         corpus=args.corpus, dims=dims, method=args.method, queries=args.queries, limit=args.limit,
-        epochs=args.epochs, batch_size=args.batch_size,
+        epochs=args.epochs, batch_size=args.batch_size, pseudo_queries=args.pseudo_queries,
     )  # fmt: skip
     record = compress_model(args.model_dir, args.out, options, progress=not args.no_progress)
     sys.stdout.write(f"{args.out}\n")
@@ -487,6 +487,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument("--method", default="trained", help="trained (PCA, then distillation) or pca")
     compress.add_argument("--queries", default=None, help="queries (.jsonl[.gz] or text) for query-document training")
+    compress.add_argument(
+        "--pseudo-queries",
+        default="titles",
+        help="trained: the corpus' titles (query prompt) also train query-document rankings; none: documents only",
+    )
     compress.add_argument("--limit", type=limit_int, default=None, help="corpus texts to use (0 or unset = all)")
     compress.add_argument("--epochs", type=positive_int, default=10, help="training epochs on the cached vectors")
     compress.add_argument("--batch-size", type=positive_int, default=32, help="encoding batch size")

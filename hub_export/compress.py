@@ -4,8 +4,9 @@ The projection is fitted on corpus embeddings of the full model (arXiv 2510.0462
 Concatenation of Small Embedding Models"): ``pca`` is centered PCA (ordered by variance, so its
 prefixes are Matryoshka for free); ``trained`` starts from PCA and trains the matrix by
 distillation on the cached vectors: at every requested dimension the truncated, re-normalized
-projection's cosine similarities (document-document within a batch, and query-document when
-queries are given) should match those of the full vector.
+projection should rank each anchor's nearest documents as the full vector does (softmax KL over
+the corpus) and keep its cosine similarities (MSE). Anchors are the documents, the corpus'
+titles as pseudo queries (query prompt) and any ``--queries``: no labels are used.
 
 The result is a model folder: the same parts, then a standard sentence-transformers ``Dense``
 (the projection) and ``Normalize``, so sentence-transformers' own ``truncate_dim`` cuts the
@@ -33,6 +34,7 @@ from hub_export.vectors import unit_rows
 logger = logging.getLogger(__name__)
 
 METHODS = ("pca", "trained")
+PSEUDO_QUERIES = ("titles", "none")
 COMPRESSION_FILE = "compression.json"
 DENSE_DIR, NORMALIZE_DIR = "1_Dense", "2_Normalize"
 # The AutoModel route returns the concatenation without the projection: not offered for compressed models.
@@ -80,15 +82,25 @@ def train_projection(
     queries: np.ndarray | None = None,
     epochs: int = 10,
     batch_size: int = 256,
-    lr: float = 1e-4,
+    lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    temperature: float = 0.05,
+    max_candidates: int = 8192,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distil the full vector's cosine similarities into every Matryoshka prefix of the projection.
+    """Distil the full vector's neighbourhoods into every Matryoshka prefix of the projection.
 
-    Loss per batch: for each dimension in ``dims``, the mean squared difference between the
-    cosine matrix of the truncated, re-normalized projections and that of the full vectors
-    (documents x documents; queries x documents when ``queries`` are given). AdamW from torch.
+    Anchors are the documents and, when given, ``queries`` (real or pseudo queries such as
+    titles, encoded with the query prompt). Candidates are the documents (all of them up to
+    ``max_candidates``, else that many drawn at random each step). For each batch of anchors and
+    each dimension in ``dims``, the truncated, re-normalized projection is trained so that
+
+    - its softmax over candidate similarities (``/ temperature``) matches the full vector's (KL
+      divergence: the ranking of each anchor's nearest documents, what retrieval needs), and
+    - its cosine similarities match the full vector's (mean squared error: the global geometry,
+      what STS needs).
+
+    A document anchor's own column is left out of the softmax. AdamW from torch.
 
     Returns:
         The trained ``(W, b)``.
@@ -104,25 +116,31 @@ def train_projection(
         linear.bias.copy_(torch.as_tensor(bias))
     optimizer = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=0.0)
     x = torch.as_tensor(np.asarray(docs, dtype=np.float32))
-    q = torch.as_tensor(np.asarray(queries, dtype=np.float32)) if queries is not None and len(queries) else None
-    steps = epochs * math.ceil(len(x) / batch_size)
+    anchors = x
+    if queries is not None and len(queries):
+        anchors = torch.cat([x, torch.as_tensor(np.asarray(queries, dtype=np.float32))])
+    units = F.normalize(x, dim=-1)
+    steps = epochs * math.ceil(len(anchors) / batch_size)
     with tqdm(total=steps, desc="training projection", unit="step", disable=not progress) as bar:
         for _ in range(epochs):
-            for index in torch.randperm(len(x), generator=generator).split(batch_size):
-                batch = x[index]
-                target = F.normalize(batch, dim=-1)
-                target_dd = target @ target.T
-                projected = linear(batch)
-                if q is not None:
-                    picked = q[torch.randint(len(q), (min(len(q), batch_size),), generator=generator)]
-                    target_qd = F.normalize(picked, dim=-1) @ target.T
-                    projected_q = linear(picked)
+            for index in torch.randperm(len(anchors), generator=generator).split(batch_size):
+                if len(x) <= max_candidates:
+                    candidates = torch.arange(len(x))
+                else:
+                    candidates = torch.randperm(len(x), generator=generator)[:max_candidates]
+                batch = anchors[index]
+                target = F.normalize(batch, dim=-1) @ units[candidates].T
+                own = index[:, None] == candidates[None, :]  # a document anchor and itself
+                teacher = F.softmax((target / temperature).masked_fill(own, -math.inf), dim=-1)
+                projected_anchors, projected_docs = linear(batch), linear(x[candidates])
                 loss = torch.zeros(())
                 for k in dims:
-                    docs_k = F.normalize(projected[:, :k], dim=-1)
-                    loss = loss + F.mse_loss(docs_k @ docs_k.T, target_dd)
-                    if q is not None:
-                        loss = loss + F.mse_loss(F.normalize(projected_q[:, :k], dim=-1) @ docs_k.T, target_qd)
+                    similarity = (
+                        F.normalize(projected_anchors[:, :k], dim=-1) @ F.normalize(projected_docs[:, :k], dim=-1).T
+                    )
+                    student = F.log_softmax((similarity / temperature).masked_fill(own, -math.inf), dim=-1)
+                    loss = loss + F.kl_div(student.masked_fill(own, 0.0), teacher, reduction="batchmean")
+                    loss = loss + F.mse_loss(similarity, target)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -161,6 +179,7 @@ class CompressOptions:
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
+    pseudo_queries: str = "titles"
 
 
 def check_source_model(model_dir: Path) -> None:
@@ -185,17 +204,22 @@ def compress_model(
     """
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.data import read_corpus_texts
+    from hub_export.data import read_corpus_texts, read_corpus_titles
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if options.method not in METHODS:
         raise ValueError(f"unknown method {options.method!r}; valid: {list(METHODS)}")
+    if options.pseudo_queries not in PSEUDO_QUERIES:
+        raise ValueError(f"unknown pseudo_queries {options.pseudo_queries!r}; valid: {list(PSEUDO_QUERIES)}")
     if options.epochs < 1 or options.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be positive integers")
     check_source_model(model_dir)
     check_output(output_dir, [model_dir])
     texts = read_corpus_texts(options.corpus, options.limit)
     query_texts = read_corpus_texts(options.queries) if options.queries else []
+    titles = []
+    if options.method == "trained" and options.pseudo_queries == "titles":
+        titles = read_corpus_titles(options.corpus, options.limit)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     full_dim = model.get_sentence_embedding_dimension()
     dims = parse_dims(options.dims, full_dim)
@@ -206,7 +230,10 @@ def compress_model(
         )
     started = time.perf_counter()
     docs = model.encode_document(texts, batch_size=options.batch_size, show_progress_bar=progress)
-    queries = model.encode_query(query_texts, batch_size=options.batch_size) if query_texts else None
+    anchors = query_texts + titles if options.method == "trained" else []  # query-document neighbourhoods
+    queries = (
+        model.encode_query(anchors, batch_size=options.batch_size, show_progress_bar=progress) if anchors else None
+    )
     encoded = time.perf_counter()
     if not np.isfinite(docs).all():
         raise ValueError(f"{model_dir}: the model's outputs on the corpus are not finite; run `verify`")
@@ -223,6 +250,9 @@ def compress_model(
         "source_dimension": full_dim,
         "corpus": {"name": Path(options.corpus).name, "texts": len(texts), "sha256": file_sha256(options.corpus)},
         "queries": {"name": Path(options.queries).name, "texts": len(query_texts)} if options.queries else None,
+        "pseudo_queries": {"source": options.pseudo_queries, "texts": len(titles)}
+        if options.method == "trained"
+        else None,
         "epochs": options.epochs if options.method == "trained" else 0,
         "similarity_fidelity": fidelity(docs[held_out], weight, bias, dims),
         "seconds": {"encode": round(encoded - started, 1), "fit": round(fitted - encoded, 1)},

@@ -156,6 +156,21 @@ def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
+def read_corpus_titles(path: str | Path, limit: int | None = None) -> list[str]:
+    """The non-empty titles among the first ``limit`` records of a JSON-lines corpus ([] for plain text).
+
+    Raises:
+        ValueError: As :func:`read_corpus_texts` for a missing file or a bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"corpus {str(path)!r} is not a file")
+    if ".jsonl" not in path.name:
+        return []
+    docs = checked_documents(path, ("text",))
+    return [title for doc in docs[:limit] if (title := (doc.get("title") or "").strip())]
+
+
 def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:
     """Read an STS-B style ``score<TAB>sentence1<TAB>sentence2`` file with a header (gzip or plain).
 

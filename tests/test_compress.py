@@ -60,29 +60,80 @@ def test_pca_is_orthonormal_and_ordered_by_variance() -> None:
     assert np.all(np.diff(variances) < 0) and abs(((x - x.mean(0)) @ weight.T + 0).mean()) < 1e-5
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def similarity_loss(docs: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: list[int]) -> float:
-    unit = docs / np.linalg.norm(docs, axis=1, keepdims=True)
-    target = unit @ unit.T
+    """Mean squared error of all document-document cosines, summed over dims (numpy, float64)."""
+    target = unit(docs) @ unit(docs).T
+    return sum(float(((unit((docs @ weight.T + bias)[:, :k]) @ unit((docs @ weight.T + bias)[:, :k]).T - target) ** 2)
+                     .mean()) for k in dims)  # fmt: skip
+
+
+def ranking_loss(
+    anchors: np.ndarray, docs: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: list[int], tau: float = 0.05
+) -> float:
+    """KL(full || projected) of each query anchor's softmax over all documents, summed over dims (numpy)."""
+
+    def log_softmax(s: np.ndarray) -> np.ndarray:
+        s = s / tau
+        return s - s.max(axis=1, keepdims=True) - np.log(np.exp(s - s.max(axis=1, keepdims=True)).sum(1, keepdims=True))
+
+    teacher = log_softmax(unit(anchors) @ unit(docs).T)
     total = 0.0
     for k in dims:
-        y = (docs @ weight.T + bias)[:, :k]
-        y = y / np.linalg.norm(y, axis=1, keepdims=True)
-        total += float(((y @ y.T - target) ** 2).mean())
+        student = log_softmax(unit((anchors @ weight.T + bias)[:, :k]) @ unit((docs @ weight.T + bias)[:, :k]).T)
+        total += float((np.exp(teacher) * (teacher - student)).sum(axis=1).mean())
     return total
 
 
-def test_training_lowers_the_distillation_loss_from_pca(built_model, corpus) -> None:
+def test_training_lowers_both_distillation_losses_from_pca(built_model, corpus) -> None:
+    model = SentenceTransformer(str(built_model), trust_remote_code=True)
+    texts = corpus.read_text().splitlines()
+    docs, queries = model.encode_document(texts), model.encode_query([t.split()[0] for t in texts[:60]])
+    weight, bias = fit_pca(docs, 24)
+    trained_w, trained_b = train_projection(
+        docs, weight, bias, [24, 12, 6], queries=queries, epochs=30, batch_size=64, progress=False
+    )
+    before = similarity_loss(docs, weight, bias, [24, 12, 6]), ranking_loss(queries, docs, weight, bias, [24, 12, 6])
+    after = (
+        similarity_loss(docs, trained_w, trained_b, [24, 12, 6]),
+        ranking_loss(queries, docs, trained_w, trained_b, [24, 12, 6]),
+    )
+    assert after[0] < 0.9 * before[0] and after[1] < 0.9 * before[1], (before, after)
+
+
+def test_sampled_candidates_still_lower_the_loss(built_model, corpus) -> None:
     model = SentenceTransformer(str(built_model), trust_remote_code=True)
     docs = model.encode_document(corpus.read_text().splitlines())
     weight, bias = fit_pca(docs, 24)
-    trained_w, trained_b = train_projection(
-        docs, weight, bias, [24, 12, 6], epochs=30, batch_size=64, lr=1e-3, progress=False
+    sampled = train_projection(
+        docs, weight, bias, [24, 12], epochs=20, batch_size=64, max_candidates=64, progress=False
     )
-    before, after = (
-        similarity_loss(docs, weight, bias, [24, 12, 6]),
-        similarity_loss(docs, trained_w, trained_b, [24, 12, 6]),
-    )
-    assert after < 0.9 * before, (before, after)
+    before, after = similarity_loss(docs, weight, bias, [24, 12]), similarity_loss(docs, *sampled, [24, 12])
+    assert after < 0.9 * before and np.isfinite(sampled[0]).all(), (before, after)
+
+
+def test_corpus_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path) -> None:
+    n = len(WORDS)
+    records = [{"_id": str(i), "title": f"{WORDS[i % n]} {WORDS[(i + 3) % n]}" if i % 4 else "",
+                "text": " ".join(WORDS[(i + j) % n] for j in range(8))} for i in range(80)]  # fmt: skip
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
+    options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40)
+    record = compress_model(built_model, tmp_path / "titled", options, progress=False)
+    assert record["pseudo_queries"] == {"source": "titles", "texts": 30}  # 40 records, every fourth untitled
+    card = (tmp_path / "titled" / "README.md").read_text()
+    assert "trained with 30 corpus titles as pseudo queries" in card
+    options = CompressOptions(str(corpus), [24, 12], epochs=2, pseudo_queries="none")
+    assert compress_model(built_model, tmp_path / "plain", options, progress=False)["pseudo_queries"] == {
+        "source": "none",
+        "texts": 0,
+    }
+    with pytest.raises(ValueError, match=r"unknown pseudo_queries 'queries'; valid: \['titles', 'none'\]"):
+        compress_model(built_model, tmp_path / "bad", CompressOptions(str(corpus), [24], pseudo_queries="queries"))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_compressed_folder_verifies_publishes_and_documents_itself(compressed) -> None:
