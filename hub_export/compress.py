@@ -87,6 +87,7 @@ def train_projection(
     progress: bool = True,
     temperature: float = 0.05,
     max_candidates: int = 8192,
+    orthogonality: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distil the full vector's neighbourhoods into every Matryoshka prefix of the projection.
 
@@ -100,7 +101,10 @@ def train_projection(
     - its cosine similarities match the full vector's (mean squared error: the global geometry,
       what STS needs).
 
-    A document anchor's own column is left out of the softmax. AdamW from torch.
+    A document anchor's own column is left out of the softmax. A penalty
+    ``orthogonality * ||W W^T - I||^2`` keeps the rows orthonormal, as PCA's are: the projection
+    stays a rotated subspace, which keeps the geometry of text unlike the corpus (STS). AdamW from
+    torch.
 
     Returns:
         The trained ``(W, b)``.
@@ -141,6 +145,9 @@ def train_projection(
                     student = F.log_softmax((similarity / temperature).masked_fill(own, -math.inf), dim=-1)
                     loss = loss + F.kl_div(student.masked_fill(own, 0.0), teacher, reduction="batchmean")
                     loss = loss + F.mse_loss(similarity, target)
+                if orthogonality:
+                    gram = linear.weight @ linear.weight.T
+                    loss = loss + orthogonality * ((gram - torch.eye(len(gram))) ** 2).sum()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -115,6 +115,18 @@ def test_sampled_candidates_still_lower_the_loss(built_model, corpus) -> None:
     assert after < 0.9 * before and np.isfinite(sampled[0]).all(), (before, after)
 
 
+def test_orthogonality_penalty_keeps_the_rows_orthonormal(built_model, corpus) -> None:
+    model = SentenceTransformer(str(built_model), trust_remote_code=True)
+    docs = model.encode_document(corpus.read_text().splitlines())
+    weight, bias = fit_pca(docs, 24)
+    kept, free = (
+        train_projection(docs, weight, bias, [24, 12], epochs=20, batch_size=64, orthogonality=o, progress=False)[0]
+        for o in (1.0, 0.0)
+    )
+    drift = [float(np.abs(w.astype(np.float64) @ w.T - np.eye(24)).max()) for w in (kept, free)]
+    assert drift[0] < 0.6 * drift[1], drift
+
+
 def test_corpus_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path) -> None:
     n = len(WORDS)
     records = [{"_id": str(i), "title": f"{WORDS[i % n]} {WORDS[(i + 3) % n]}" if i % 4 else "",
