@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+CHUNK = 512  # documents encoded (and cached) at a time
 DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -45,10 +46,16 @@ def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
     corpus, queries, _ = load_beir(DATA / "scifact")
     first, second, _ = load_sts(DATA / "stsb" / "test.tsv.gz")
     model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")
+    texts = [document_text(corpus[d]) for d in corpus]
+    for start in range(0, len(texts), CHUNK):  # documents in chunks: an interrupted run resumes
+        key = f"docs_{start:07d}"
+        if "docs" not in vectors and key not in vectors:
+            say(f"documents {start}-{min(start + CHUNK, len(texts))} of {len(texts)}")
+            vectors[key] = model.encode_document(texts[start : start + CHUNK], batch_size=32, show_progress_bar=True)
+            np.savez(cache, **vectors)
+    if "docs" not in vectors:
+        vectors["docs"] = np.concatenate([vectors.pop(k) for k in sorted(k for k in vectors if k.startswith("docs_"))])
     encoders = {
-        "docs": lambda: model.encode_document(
-            [document_text(corpus[d]) for d in corpus], batch_size=32, show_progress_bar=True
-        ),
         "titles": lambda: model.encode_query(read_corpus_titles(DATA / "scifact" / "corpus.jsonl.gz")),
         "queries": lambda: model.encode_query([queries[q] for q in queries]),
         "sts1": lambda: model.encode(first),
@@ -57,7 +64,7 @@ def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
     for key, encode in encoders.items():
         if key not in vectors:
             vectors[key] = encode()
-            np.savez(cache, **vectors)
+        np.savez(cache, **vectors)
     return vectors
 
 
