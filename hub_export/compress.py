@@ -250,6 +250,8 @@ def compress_model(
         weight, bias = train_projection(
             docs, weight, bias, dims, queries, options.epochs, seed=options.seed, progress=progress
         )
+        if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+            raise ValueError(f"{options.corpus}: training diverged (non-finite weights); use --method pca")
     fitted = time.perf_counter()
     record = {
         "method": options.method,

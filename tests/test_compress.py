@@ -249,3 +249,12 @@ def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, cor
     (folder / "compression.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"int8_ranges\[24\] must hold 24 finite low <= high values"):
         int8_ranges(folder, 24)
+
+
+def test_diverged_training_is_refused_and_writes_nothing(built_model, corpus, tmp_path, monkeypatch) -> None:
+    import hub_export.compress as compress
+
+    monkeypatch.setattr(compress, "train_projection", lambda docs, w, b, *a, **k: (w * np.nan, b))
+    with pytest.raises(ValueError, match=r"corpus.txt: training diverged \(non-finite weights\); use --method pca"):
+        compress_model(built_model, tmp_path / "out", CompressOptions(str(corpus), [24], epochs=1), progress=False)
+    assert not (tmp_path / "out").exists()
