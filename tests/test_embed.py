@@ -133,7 +133,7 @@ def test_resume_after_kill_equals_uninterrupted_run(built_model, tmp_path) -> No
     ids_a, vec_a = read_output(killed_dir)
     ids_b, vec_b = read_output(tmp_path / "straight")
     assert ids_a == ids_b == [r["_id"] for r in records]
-    assert np.array_equal(vec_a, vec_b)
+    assert np.abs(vec_a - vec_b).max() <= 1e-6  # not bitwise: thread counts follow the machine's load
 
 
 def test_multi_process_pool_matches_single_process(built_model, corpus, tmp_path) -> None:

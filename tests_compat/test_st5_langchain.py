@@ -56,7 +56,9 @@ def test_load_encode_with_prompts_save_reload(model_dir, tmp_path) -> None:
     assert np.abs(model.encode_document(TEXTS) - expected(a, b, False).numpy()).max() <= 1e-5
     model.save(str(tmp_path / "saved"))
     again = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True)
-    assert np.array_equal(again.encode_query(TEXTS), model.encode_query(TEXTS))
+    # <= 1e-6, not bitwise: torch's thread count follows the machine's load (CpuShare), and sums
+    # split over other thread counts round differently (1.5e-8 measured beside a busy job)
+    assert np.abs(again.encode_query(TEXTS) - model.encode_query(TEXTS)).max() <= 1e-6
 
 
 def test_langchain_matches_encode_query_and_document(model_dir) -> None:
