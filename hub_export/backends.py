@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.data import load_sts, read_corpus_texts
-from hub_export.files import read_json
+from hub_export.files import check_model_folder, read_json
 from hub_export.modeling import (
     BACKEND_DEFAULT_FILES,
     CONFIG_FILE,
@@ -213,8 +213,7 @@ def export_backends(
     if not onnx and not openvino:
         raise ValueError("nothing to export: give --onnx and/or --openvino")
     model_dir = Path(model_dir)
-    if not (model_dir / CONFIG_FILE).is_file():
-        raise ValueError(f"{model_dir}: not a combined model folder (no {CONFIG_FILE})")
+    check_model_folder(model_dir)
     family = check_family(family) if int8 and onnx else None
     sts_pairs = load_sts(sts, sts_limit) if sts else None
     texts = read_corpus_texts(calibration, 300) if calibration else PROBES

@@ -9,7 +9,7 @@ from pathlib import Path
 from hub_export.codes import part_ranges
 from hub_export.compress import COMPRESSION_FILE, calibrate_compressed
 from hub_export.data import read_corpus_texts
-from hub_export.files import read_json
+from hub_export.files import check_model_folder, read_json
 from hub_export.modeling import CONFIG_FILE, LEGACY_CODE_RANGES
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,12 @@ def calibrate_folder(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit = {limit!r}: expected a positive integer or None (all texts)")
     model_dir = Path(model_dir)
+    check_model_folder(model_dir)
     compressed = (model_dir / COMPRESSION_FILE).is_file()
     if compressed and dims:
         raise ValueError(f"{model_dir} is compressed: --dims does not apply (ranges are stored per Matryoshka dim)")
-    if not compressed and "code_ranges" not in (model_dir / "modeling.py").read_text(
-        encoding="utf-8", errors="replace"
-    ):
+    modeling = model_dir / "modeling.py"  # a missing one fails at load, as for any folder
+    if not compressed and modeling.is_file() and "code_ranges" not in modeling.read_text(errors="replace"):
         raise ValueError(
             f"{model_dir / 'modeling.py'} is from an older concat-embed that would not read the ranges "
             "(parts[i].code_ranges): rebuild the folder with `concat-embed build ... --out` first"

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.files import file_sha256, model_files, read_json
+from hub_export.files import check_model_folder, file_sha256, model_files, read_json
 from hub_export.outdir import check_output, write_whole
 from hub_export.vectors import unit_rows
 
@@ -191,8 +191,7 @@ class CompressOptions:
 
 def check_source_model(model_dir: Path) -> None:
     """Refuse what is not an uncompressed combined model folder."""
-    if not (model_dir / "concat_config.json").is_file():
-        raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
+    check_model_folder(model_dir)
     if (model_dir / COMPRESSION_FILE).is_file():
         raise ValueError(
             f"{model_dir} is already compressed ({COMPRESSION_FILE}); compress its uncompressed source instead "

@@ -160,7 +160,7 @@ def evaluate_model(
         dims = list(matryoshka_dims or [model.get_sentence_embedding_dimension()])
         return matryoshka_rows(
             encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {},
-            int8_ranges or {},
+            int8_ranges,
         )  # fmt: skip
 
     names = [spec.name for spec in concat.specs]

@@ -62,6 +62,16 @@ def read_json(path: str | os.PathLike, where: str | None = None) -> Any:
         ) from None
 
 
+def check_model_folder(model_dir: str | Path) -> None:
+    """Refuse a path that is not a combined model folder (no ``concat_config.json``).
+
+    Raises:
+        ValueError: Naming the folder.
+    """
+    if not (Path(model_dir) / "concat_config.json").is_file():
+        raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
+
+
 def model_files(model_dir: str | Path, allow_pickle: bool = False) -> list[str]:
     """Relative paths of the files to publish: allowlisted names, no hidden folders, at most 3 levels deep.
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from hub_export.card import write_card
-from hub_export.files import content_hash, model_files, read_json
+from hub_export.files import check_model_folder, content_hash, model_files, read_json
 from hub_export.sources import check_repo_id
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,6 @@ def push_model(
     )
     logger.info("Pushed %d files to %s", len(files), info.commit_url)
     return info.commit_url
-
-
-def check_model_folder(model_dir: Path) -> None:
-    """Refuse a path that is not a combined model folder."""
-    if not (model_dir / "concat_config.json").is_file():
-        raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
 
 
 def dry_run_listing(model_dir: str | Path, allow_pickle: bool = False, skip_verify: bool = False) -> str:

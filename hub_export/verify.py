@@ -22,7 +22,7 @@ import numpy as np
 
 from hub_export.card import diff_cell, write_card
 from hub_export.compress import project, read_projection
-from hub_export.files import content_hash, read_json
+from hub_export.files import check_model_folder, content_hash, read_json
 from hub_export.vectors import unit_rows
 
 PROBES = [
@@ -141,8 +141,7 @@ def run_verification(model_dir: str | Path, tolerance: float | None = None) -> d
     with the result, and return the record (also written to ``verification.json``)."""
     tolerance = DEFAULT_TOLERANCE if tolerance is None else check_tolerance(tolerance)
     model_dir = Path(model_dir).resolve()
-    if not (model_dir / "concat_config.json").is_file():
-        raise ValueError(f"{model_dir}: not a combined model folder (no concat_config.json)")
+    check_model_folder(model_dir)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with tempfile.TemporaryDirectory() as cwd:
         run = subprocess.run(
