@@ -55,6 +55,7 @@ def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
             np.savez(cache, **vectors)
     if "docs" not in vectors:
         vectors["docs"] = np.concatenate([vectors.pop(k) for k in sorted(k for k in vectors if k.startswith("docs_"))])
+        np.savez(cache, **vectors)
     encoders = {
         "titles": lambda: model.encode_query(read_corpus_titles(DATA / "scifact" / "corpus.jsonl.gz")),
         "queries": lambda: model.encode_query([queries[q] for q in queries]),
@@ -64,7 +65,7 @@ def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
     for key, encode in encoders.items():
         if key not in vectors:
             vectors[key] = encode()
-        np.savez(cache, **vectors)
+            np.savez(cache, **vectors)
     return vectors
 
 
