@@ -1,13 +1,13 @@
 """Quality of compressed concatenations at each Matryoshka dimension (a script, not a test).
 
-Encodes, once, the SciFact corpus (documents), its titles and test queries (query prompt) and the
-STS-B test pairs with a combined model, and caches the vectors. Fits PCA and the trained projection
-(documents only, and ``compress``'s default: documents + titles as pseudo queries) on the SciFact
-corpus only (never its queries or qrels), then reports SciFact test nDCG@10 and STS-B
-Spearman (x100) per dimension for: the full concatenation, each part alone, per-part truncation
-at the same size (each part cut to its share), PCA, and trained; plus fitting time and peak
-memory. The projections are applied exactly as the compressed model applies them
-(``normalize(W x + b)``, cut, re-normalized).
+Encodes, once, the SciFact corpus (documents), its pseudo queries (``compress``'s: one sentence of
+each document by default) and test queries (query prompt) and the STS-B test pairs with a combined
+model, and caches the vectors. Fits PCA and the trained projection (documents only, and
+``compress``'s default: documents + pseudo queries) on the SciFact corpus only (never its queries
+or qrels), then reports SciFact test nDCG@10 and STS-B Spearman (x100) per dimension for: the
+full concatenation, each part alone, per-part truncation at the same size (each part cut to its
+share), PCA, and trained; plus fitting time and peak memory. The projections are applied exactly
+as the compressed model applies them (``normalize(W x + b)``, cut, re-normalized).
 
     python benchmarks/compress_bench.py                       # the demo model (768-d)
     python benchmarks/compress_bench.py --model ./minilm-mpnet --dims 768,384,192,96
@@ -34,14 +34,14 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
-    """Corpus, corpus titles (query prompt), test queries and STS-B vectors of the full model, cached in ``cache``."""
+def encode_all(model_dir: str, cache: Path, pseudo: str) -> dict[str, np.ndarray]:
+    """Corpus, pseudo queries (query prompt), test queries and STS-B vectors of the full model, cached in ``cache``."""
     vectors = dict(np.load(cache, allow_pickle=False)) if cache.is_file() else {}
-    if {"docs", "titles", "queries", "sts1", "sts2"} <= set(vectors):
+    if {"docs", f"pseudo_{pseudo}", "queries", "sts1", "sts2"} <= set(vectors):
         return vectors
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.data import document_text, load_beir, load_sts, read_corpus_titles
+    from hub_export.data import document_text, load_beir, load_sts, read_pseudo_queries
 
     corpus, queries, _ = load_beir(DATA / "scifact")
     first, second, _ = load_sts(DATA / "stsb" / "test.tsv.gz")
@@ -56,8 +56,9 @@ def encode_all(model_dir: str, cache: Path) -> dict[str, np.ndarray]:
     if "docs" not in vectors:
         vectors["docs"] = np.concatenate([vectors.pop(k) for k in sorted(k for k in vectors if k.startswith("docs_"))])
         np.savez(cache, **vectors)
+    corpus_file = DATA / "scifact" / "corpus.jsonl.gz"
     encoders = {
-        "titles": lambda: model.encode_query(read_corpus_titles(DATA / "scifact" / "corpus.jsonl.gz")),
+        f"pseudo_{pseudo}": lambda: model.encode_query(read_pseudo_queries(corpus_file, pseudo)),
         "queries": lambda: model.encode_query([queries[q] for q in queries]),
         "sts1": lambda: model.encode(first),
         "sts2": lambda: model.encode(second),
@@ -91,33 +92,39 @@ def main() -> None:
     parser.add_argument("--dims", default="384,192,96,48")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--cache", default=None, help="where the encoded vectors are cached (.npz)")
+    parser.add_argument("--pseudo-queries", default=None, help="sentences, titles (default: compress's default)")
+    parser.add_argument(
+        "--no-docs-only", action="store_true", help="skip the 'trained, documents only' fit (halves the fitting time)"
+    )
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     from hub_export import demo
-    from hub_export.compress import fit_pca, project, train_projection
+    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection
     from hub_export.evaluation import part_views
     from hub_export.vectors import unit_rows
 
     model_dir = args.model or str(demo.demo_model_dir())
     dims = [int(d) for d in args.dims.split(",")]
     cache = Path(args.cache or f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
-    v = encode_all(model_dir, cache)
+    pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES
+    v = encode_all(model_dir, cache, pseudo)
+    anchors = v[f"pseudo_{pseudo}"]
     views = part_views(SentenceTransformer(model_dir, trust_remote_code=True, device="cpu"))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     pca_w, pca_b = fit_pca(v["docs"], dims[0])
     pca_s = time.perf_counter() - started
-    docs_only = train_projection(v["docs"], pca_w, pca_b, dims, epochs=args.epochs)
+    docs_only = None if args.no_docs_only else train_projection(v["docs"], pca_w, pca_b, dims, epochs=args.epochs)
     docs_only_s = time.perf_counter() - started - pca_s
-    trained = train_projection(v["docs"], pca_w, pca_b, dims, queries=v["titles"], epochs=args.epochs)
+    trained = train_projection(v["docs"], pca_w, pca_b, dims, queries=anchors, epochs=args.epochs)
     trained_s = time.perf_counter() - started - pca_s - docs_only_s
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sizes = f"SciFact corpus {len(v['docs'])} docs, {len(v['queries'])} test queries; STS-B {len(v['sts1'])} pairs"
     say(f"model: {model_dir}; {sizes}")
-    say(f"fit on 2 CPU cores: PCA {pca_s:.1f} s, trained {trained_s:.1f} s with {len(v['titles'])} titles, "
-        f"{docs_only_s:.1f} s documents only ({args.epochs} epochs); "
+    say(f"fit on 2 CPU cores: PCA {pca_s:.1f} s, trained {trained_s:.1f} s with {len(anchors)} {pseudo}, "
+        f"{'no' if docs_only is None else f'{docs_only_s:.1f} s'} documents-only fit ({args.epochs} epochs); "
         f"peak RSS {rss_after / 1024:.0f} MB (before fitting {rss_before / 1024:.0f} MB)")  # fmt: skip
     full = scores(v["queries"], v["docs"], v["sts1"], v["sts2"])
     say("| vectors | dims | bytes (fp32) | SciFact nDCG@10 | STS-B | % of full (nDCG / STS) |")
@@ -143,12 +150,8 @@ def main() -> None:
             for k in ("queries", "docs", "sts1", "sts2")
         }
         row("per-part truncation", share * len(parts), scores(cut["queries"], cut["docs"], cut["sts1"], cut["sts2"]))
-        projections = (
-            ("PCA", (pca_w, pca_b)),
-            ("trained, documents only", docs_only),
-            ("trained", trained),
-        )
-        for name, (w, b) in projections:
+        projections = {"PCA": (pca_w, pca_b), "trained, documents only": docs_only, "trained": trained}
+        for name, (w, b) in ((name, fit) for name, fit in projections.items() if fit is not None):
             shaped = {k: project(v[k], w, b, dim) for k in ("queries", "docs", "sts1", "sts2")}
             row(name, dim, scores(shaped["queries"], shaped["docs"], shaped["sts1"], shaped["sts2"]))
 

@@ -130,7 +130,7 @@ def diff_cell(diff: object) -> str:
 
 
 def _anchor_text(compression: dict[str, Any]) -> str:
-    """What besides the documents trained the projection (queries, titles as pseudo queries)."""
+    """What besides the documents trained the projection (queries, corpus sentences or titles as pseudo queries)."""
     used = []
     if isinstance(queries := compression.get("queries"), dict) and queries.get("texts"):
         used.append(f"{queries['texts']} queries from `{queries.get('name')}`")

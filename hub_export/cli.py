@@ -489,8 +489,9 @@ def make_parser() -> argparse.ArgumentParser:
     compress.add_argument("--queries", default=None, help="queries (.jsonl[.gz] or text) for query-document training")
     compress.add_argument(
         "--pseudo-queries",
-        default="titles",
-        help="trained: the corpus' titles (query prompt) also train query-document rankings; none: documents only",
+        default="sentences",
+        help="trained: corpus texts that also train query-document rankings (query prompt): sentences (one per "
+        "document), titles, or none (documents only)",
     )
     compress.add_argument("--limit", type=limit_int, default=None, help="corpus texts to use (0 or unset = all)")
     compress.add_argument("--epochs", type=positive_int, default=10, help="training epochs on the cached vectors")

@@ -5,8 +5,9 @@ Concatenation of Small Embedding Models"): ``pca`` is centered PCA (ordered by v
 prefixes are Matryoshka for free); ``trained`` starts from PCA and trains the matrix by
 distillation on the cached vectors: at every requested dimension the truncated, re-normalized
 projection should rank each anchor's nearest documents as the full vector does (softmax KL over
-the corpus) and keep its cosine similarities (MSE). Anchors are the documents, the corpus'
-titles as pseudo queries (query prompt) and any ``--queries``: no labels are used.
+the corpus) and keep its cosine similarities (MSE). Anchors are the documents, pseudo queries
+from the corpus (one sentence of each document by default, or its titles; query prompt) and any
+``--queries``: no labels are used.
 
 The result is a model folder: the same parts, then a standard sentence-transformers ``Dense``
 (the projection) and ``Normalize``, so sentence-transformers' own ``truncate_dim`` cuts the
@@ -34,7 +35,7 @@ from hub_export.vectors import unit_rows
 logger = logging.getLogger(__name__)
 
 METHODS = ("pca", "trained")
-PSEUDO_QUERIES = ("titles", "none")
+DEFAULT_PSEUDO_QUERIES = "sentences"  # chosen on SciFact train queries + STS-B dev (README)
 COMPRESSION_FILE = "compression.json"
 DENSE_DIR, NORMALIZE_DIR = "1_Dense", "2_Normalize"
 # The AutoModel route returns the concatenation without the projection: not offered for compressed models.
@@ -92,7 +93,7 @@ def train_projection(
     """Distil the full vector's neighbourhoods into every Matryoshka prefix of the projection.
 
     Anchors are the documents and, when given, ``queries`` (real or pseudo queries such as
-    titles, encoded with the query prompt). Candidates are the documents (all of them up to
+    corpus sentences, encoded with the query prompt). Candidates are the documents (all of them up to
     ``max_candidates``, else that many drawn at random each step). For each batch of anchors and
     each dimension in ``dims``, the truncated, re-normalized projection is trained so that
 
@@ -186,7 +187,7 @@ class CompressOptions:
     epochs: int = 10
     batch_size: int = 32
     seed: int = 0
-    pseudo_queries: str = "titles"
+    pseudo_queries: str = DEFAULT_PSEUDO_QUERIES
 
 
 def check_source_model(model_dir: Path) -> None:
@@ -210,22 +211,21 @@ def compress_model(
     """
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.data import read_corpus_texts, read_corpus_titles
+    from hub_export.data import check_pseudo_queries, read_corpus_texts, read_pseudo_queries
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if options.method not in METHODS:
         raise ValueError(f"unknown method {options.method!r}; valid: {list(METHODS)}")
-    if options.pseudo_queries not in PSEUDO_QUERIES:
-        raise ValueError(f"unknown pseudo_queries {options.pseudo_queries!r}; valid: {list(PSEUDO_QUERIES)}")
+    check_pseudo_queries(options.pseudo_queries)
     if options.epochs < 1 or options.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be positive integers")
     check_source_model(model_dir)
     check_output(output_dir, [model_dir])
     texts = read_corpus_texts(options.corpus, options.limit)
     query_texts = read_corpus_texts(options.queries) if options.queries else []
-    titles = []
-    if options.method == "trained" and options.pseudo_queries == "titles":
-        titles = read_corpus_titles(options.corpus, options.limit)
+    pseudo = []
+    if options.method == "trained":
+        pseudo = read_pseudo_queries(options.corpus, options.pseudo_queries, options.limit, options.seed)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     full_dim = model.get_sentence_embedding_dimension()
     dims = parse_dims(options.dims, full_dim)
@@ -236,7 +236,7 @@ def compress_model(
         )
     started = time.perf_counter()
     docs = model.encode_document(texts, batch_size=options.batch_size, show_progress_bar=progress)
-    anchors = query_texts + titles if options.method == "trained" else []  # query-document neighbourhoods
+    anchors = query_texts + pseudo if options.method == "trained" else []  # query-document neighbourhoods
     queries = (
         model.encode_query(anchors, batch_size=options.batch_size, show_progress_bar=progress) if anchors else None
     )
@@ -258,7 +258,7 @@ def compress_model(
         "source_dimension": full_dim,
         "corpus": {"name": Path(options.corpus).name, "texts": len(texts), "sha256": file_sha256(options.corpus)},
         "queries": {"name": Path(options.queries).name, "texts": len(query_texts)} if options.queries else None,
-        "pseudo_queries": {"source": options.pseudo_queries, "texts": len(titles)}
+        "pseudo_queries": {"source": options.pseudo_queries, "texts": len(pseudo)}
         if options.method == "trained"
         else None,
         "epochs": options.epochs if options.method == "trained" else 0,

@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import math
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ import numpy as np
 
 GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 INVALID = "__invalid__"  # key of the record iter_records yields for a line it could not read
+PSEUDO_QUERY_SOURCES = ("sentences", "titles", "none")  # what of a corpus can stand in for its queries
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+MIN_SENTENCE_WORDS = 6  # shorter pieces (headings, "Results.", numbers) are not query-like
 
 
 def open_binary(path: str | Path) -> BinaryIO:
@@ -169,6 +173,51 @@ def read_corpus_titles(path: str | Path, limit: int | None = None) -> list[str]:
         return []
     docs = checked_documents(path, ("text",))
     return [title for doc in docs[:limit] if (title := (doc.get("title") or "").strip())]
+
+
+def read_corpus_sentences(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:
+    """One sentence drawn (``seed``) from each of the first ``limit`` documents of a corpus.
+
+    A document's body (a JSON line's ``text``, not its title; or a plain line) is split after
+    ``.``, ``!`` or ``?`` followed by white space; pieces under six words are passed over, and a
+    document without a longer one gives none. Single sentences of the corpus look like the claims
+    and questions users type, and every corpus has them (titles are often missing).
+
+    Raises:
+        ValueError: As :func:`read_corpus_texts` for a missing file or a bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"corpus {str(path)!r} is not a file")
+    if ".jsonl" in path.name:
+        bodies = [doc["text"] for doc in checked_documents(path, ("text",))]
+    else:
+        bodies = read_corpus_texts(path)
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for body in bodies[:limit] if limit else bodies:
+        pieces = [piece for piece in SENTENCE_END.split(body.strip()) if len(piece.split()) >= MIN_SENTENCE_WORDS]
+        if pieces:
+            sentences.append(pieces[int(rng.integers(len(pieces)))])
+    return sentences
+
+
+def check_pseudo_queries(source: str) -> None:
+    """Refuse a ``source`` that is not one of :data:`PSEUDO_QUERY_SOURCES` (the valid ones listed)."""
+    if source not in PSEUDO_QUERY_SOURCES:
+        raise ValueError(f"unknown pseudo_queries {source!r}; valid: {list(PSEUDO_QUERY_SOURCES)}")
+
+
+def read_pseudo_queries(path: str | Path, source: str, limit: int | None = None, seed: int = 0) -> list[str]:
+    """The texts of a corpus that stand in for its queries: ``source`` is one of :data:`PSEUDO_QUERY_SOURCES`.
+
+    Raises:
+        ValueError: For an unknown source, or as the readers above.
+    """
+    check_pseudo_queries(source)
+    if source == "sentences":
+        return read_corpus_sentences(path, limit, seed)
+    return read_corpus_titles(path, limit) if source == "titles" else []
 
 
 def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:

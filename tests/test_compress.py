@@ -127,13 +127,17 @@ def test_orthogonality_penalty_keeps_the_rows_orthonormal(built_model, corpus) -
     assert drift[0] < 0.6 * drift[1], drift
 
 
-def test_corpus_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path) -> None:
+def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path) -> None:
     n = len(WORDS)
     records = [{"_id": str(i), "title": f"{WORDS[i % n]} {WORDS[(i + 3) % n]}" if i % 4 else "",
                 "text": " ".join(WORDS[(i + j) % n] for j in range(8))} for i in range(80)]  # fmt: skip
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
     options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40)
+    record = compress_model(built_model, tmp_path / "default", options, progress=False)
+    assert record["pseudo_queries"] == {"source": "sentences", "texts": 40}  # one 8-word sentence per document
+    assert "trained with 40 corpus sentences as pseudo queries" in (tmp_path / "default" / "README.md").read_text()
+    options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40, pseudo_queries="titles")
     record = compress_model(built_model, tmp_path / "titled", options, progress=False)
     assert record["pseudo_queries"] == {"source": "titles", "texts": 30}  # 40 records, every fourth untitled
     card = (tmp_path / "titled" / "README.md").read_text()
@@ -143,7 +147,7 @@ def test_corpus_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_p
         "source": "none",
         "texts": 0,
     }
-    with pytest.raises(ValueError, match=r"unknown pseudo_queries 'queries'; valid: \['titles', 'none'\]"):
+    with pytest.raises(ValueError, match=r"unknown pseudo_queries 'queries'; valid: \['sentences', 'titles', 'none'\]"):
         compress_model(built_model, tmp_path / "bad", CompressOptions(str(corpus), [24], pseudo_queries="queries"))
     assert not (tmp_path / "bad").exists()
 
