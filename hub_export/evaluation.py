@@ -8,6 +8,8 @@ decoded documents (vector codes).
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from torch import nn
 
+logger = logging.getLogger(__name__)
+
 SETTINGS = (None, "int8", "int4")
 
 
@@ -43,15 +47,29 @@ def part_views(model: SentenceTransformer) -> dict[str, slice]:
     return views | {"concat": slice(0, sum(layout.width for layout in layouts))}
 
 
+def sts_score(similarity: np.ndarray, gold: np.ndarray, label: str) -> float | None:
+    """Spearman x 100 of pair similarities against gold scores; ``None`` (logged) where it is undefined.
+
+    Undefined when the similarities are constant (say every pair's codes are equal at a tiny size)
+    or not finite: the table shows ``n/a`` and ``--json`` writes ``null`` instead of ``NaN``.
+    """
+    if np.isfinite(similarity).all() and np.ptp(similarity) > 0:
+        value = float(spearmanr(similarity, gold).statistic)
+        if math.isfinite(value):
+            return 100 * value
+    logger.warning("%s: STS Spearman is undefined (constant or non-finite similarities); reported as n/a", label)
+    return None
+
+
 def sts_spearman(
     model: SentenceTransformer, path: str | Path, limit: int | None = None, batch_size: int = 64
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Spearman x 100 between cosine similarity and gold scores, for each part and the concatenation."""
     first, second, gold = load_sts(path, limit)
     left = model.encode(first, batch_size=batch_size, convert_to_numpy=True)
     right = model.encode(second, batch_size=batch_size, convert_to_numpy=True)
     return {
-        view: 100 * float(spearmanr(cosine_rows(left[:, cols], right[:, cols]), gold).statistic)
+        view: sts_score(cosine_rows(left[:, cols], right[:, cols]), gold, view)
         for view, cols in part_views(model).items()
     }
 
@@ -176,7 +194,7 @@ def evaluate_model(
             if "sts" in encoded:
                 left, right, gold = encoded["sts"]
                 similarity = cosine_rows(_compress(left, layouts, scheme), _compress(right, layouts, scheme))
-                row["sts"] = 100 * float(spearmanr(similarity, gold).statistic)
+                row["sts"] = sts_score(similarity, gold, f"{view} {row['setting']}")
             if "beir" in encoded:
                 q, d = encoded["beir"]
                 scores = unit_rows(prepare_queries(q, layouts)) @ unit_rows(_compress(d, layouts, scheme)).T
@@ -239,7 +257,7 @@ def matryoshka_rows(
                 left, right, gold = encoded["sts"]
                 a, _ = matryoshka_codes(unit_rows(left[:, :dim]), setting, int8_ranges.get(dim))
                 b, _ = matryoshka_codes(unit_rows(right[:, :dim]), setting, int8_ranges.get(dim))
-                row["sts"] = 100 * float(spearmanr(cosine_rows(a, b), gold).statistic)
+                row["sts"] = sts_score(cosine_rows(a, b), gold, f"{dim}d {setting}")
             if "beir" in encoded:
                 q, d = (unit_rows(x[:, :dim]) for x in encoded["beir"])
                 stored, _ = matryoshka_codes(d, setting, int8_ranges.get(dim))
@@ -265,4 +283,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
     return f"{value:.2f}" if isinstance(value, float) else str(value)

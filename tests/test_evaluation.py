@@ -9,8 +9,21 @@ import numpy as np
 import pytest
 
 from hub_export.cli import main
-from hub_export.evaluation import retrieval_metrics
+from hub_export.evaluation import format_table, retrieval_metrics, sts_score
 from tests.constants import DATA
+
+
+def test_sts_score_by_hand_and_undefined_spearman_is_none_not_nan(caplog) -> None:
+    gold = np.array([1.0, 2.0, 3.0, 4.0])
+    assert sts_score(np.array([0.1, 0.4, 0.2, 0.9]), gold, "x") == pytest.approx(100 * (1 - 6 * 2 / (4 * 15)))
+    for broken in (np.full(4, 0.5), np.array([0.1, np.nan, 0.2, 0.3])):  # equal codes at a tiny size; a NaN vector
+        assert sts_score(broken, gold, "48d binary") is None
+    assert caplog.messages[-1] == (
+        "48d binary: STS Spearman is undefined (constant or non-finite similarities); reported as n/a"
+    )
+    row = {"view": "48d", "setting": "binary", "sts": None, "bytes": 6}
+    assert format_table([row]).splitlines()[1].split() == ["48d", "binary", "n/a", "6"]
+    assert json.loads(json.dumps([row]))[0]["sts"] is None  # --json stays valid JSON (no NaN)
 
 
 def test_hand_checked_metrics() -> None:
