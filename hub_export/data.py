@@ -172,7 +172,7 @@ def read_corpus_titles(path: str | Path, limit: int | None = None) -> list[str]:
     if ".jsonl" not in path.name:
         return []
     docs = checked_documents(path, ("text",))
-    return [title for doc in docs[:limit] if (title := (doc.get("title") or "").strip())]
+    return [title for doc in (docs[:limit] if limit else docs) if (title := (doc.get("title") or "").strip())]
 
 
 def read_corpus_sentences(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:

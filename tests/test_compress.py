@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_orthogonality_penalty_keeps_the_rows_orthonormal(built_model, corpus) -
     assert drift[0] < 0.6 * drift[1], drift
 
 
-def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path) -> None:
+def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path, caplog) -> None:
     n = len(WORDS)
     records = [{"_id": str(i), "title": f"{WORDS[i % n]} {WORDS[(i + 3) % n]}" if i % 4 else "",
                 "text": " ".join(WORDS[(i + j) % n] for j in range(8))} for i in range(80)]  # fmt: skip
@@ -147,6 +148,12 @@ def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built
         "source": "none",
         "texts": 0,
     }
+    short = tmp_path / "short.txt"  # no sentence of six words: documents only, and the log says so
+    short.write_text("".join(f"{WORDS[i % n]} {WORDS[(i + 1) % n]} {WORDS[(i + 2) % n]}\n" for i in range(30)))
+    with caplog.at_level(logging.WARNING, logger="hub_export.compress"):
+        record = compress_model(built_model, tmp_path / "short", CompressOptions(str(short), [24], epochs=1), False)
+    assert record["pseudo_queries"] == {"source": "sentences", "texts": 0}
+    assert f"{short}: no sentences to use as pseudo queries; training on documents only" in caplog.messages
     with pytest.raises(ValueError, match=r"unknown pseudo_queries 'queries'; valid: \['sentences', 'titles', 'none'\]"):
         compress_model(built_model, tmp_path / "bad", CompressOptions(str(corpus), [24], pseudo_queries="queries"))
     assert not (tmp_path / "bad").exists()

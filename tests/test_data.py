@@ -72,6 +72,11 @@ def test_pseudo_query_sources_and_bad_input(tmp_path) -> None:
     write_corpus(corpus, BODIES)
     assert read_pseudo_queries(corpus, "sentences") == read_corpus_sentences(corpus)
     assert read_pseudo_queries(corpus, "titles") == [f"Title number {i} of the corpus" for i in range(3)]
+    assert read_pseudo_queries(corpus, "titles", limit=0) == read_pseudo_queries(corpus, "titles")  # 0: all
+    assert read_pseudo_queries(corpus, "titles", limit=2) == [
+        "Title number 0 of the corpus",
+        "Title number 1 of the corpus",
+    ]
     assert read_pseudo_queries(corpus, "none") == []
     valid = r"valid: \['sentences', 'titles', 'none'\]$"
     with pytest.raises(ValueError, match=rf"^unknown pseudo_queries 'claims'; {valid}"):
