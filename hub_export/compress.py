@@ -227,8 +227,9 @@ def compress_model(
     if options.method == "trained":
         pseudo = read_pseudo_queries(options.corpus, options.pseudo_queries, options.limit, options.seed)
         if not pseudo and options.pseudo_queries != "none":
-            logger.warning("%s: no %s to use as pseudo queries; training on documents only", options.corpus,
-                           options.pseudo_queries)  # fmt: skip
+            logger.warning(
+                "%s: no %s to use as pseudo queries; training on documents only", options.corpus, options.pseudo_queries
+            )
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     full_dim = model.get_sentence_embedding_dimension()
     dims = parse_dims(options.dims, full_dim)

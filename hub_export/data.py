@@ -138,41 +138,48 @@ def checked_documents(path: str | Path, fields: tuple[str, ...]) -> list[dict[st
     return docs
 
 
-def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
-    """Texts of a corpus file: JSON lines with ``text`` (and ``title``), or plain lines of text.
+def corpus_documents(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first ``limit`` documents of a corpus file (0 or None: all), as JSON objects.
+
+    A JSON-lines file gives its objects (each with a string ``text``, ``title`` a string or
+    absent); any other file gives ``{"text": line}`` for each non-blank line.
 
     Raises:
-        ValueError: For a missing file, a bad line (named), or a file without any text.
+        ValueError: For a missing file or a bad line (named).
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"corpus {str(path)!r} is not a file")
     if ".jsonl" in path.name:
-        texts = [document_text(doc) for doc in checked_documents(path, ("text",))]
+        docs = checked_documents(path, ("text",))
     else:
-        texts = []
+        docs = []
         for _, text, reason in iter_lines(path):
             if reason is not None:
                 raise ValueError(f"{path}: {reason}")
-            texts.append(text.strip())
+            docs.append({"text": text.strip()})
+    return docs[:limit] if limit else docs
+
+
+def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Texts of a corpus file (``title text`` for JSON lines; see :func:`corpus_documents`).
+
+    Raises:
+        ValueError: For a missing file, a bad line (named), or a file without any text.
+    """
+    texts = [document_text(doc) for doc in corpus_documents(path, limit)]
     if not texts:
         raise ValueError(f"{path}: no texts found")
-    return texts[:limit] if limit else texts
+    return texts
 
 
 def read_corpus_titles(path: str | Path, limit: int | None = None) -> list[str]:
-    """The non-empty titles among the first ``limit`` records of a JSON-lines corpus ([] for plain text).
+    """The non-empty titles among the first ``limit`` documents of a corpus ([] for plain text).
 
     Raises:
-        ValueError: As :func:`read_corpus_texts` for a missing file or a bad line.
+        ValueError: As :func:`corpus_documents`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"corpus {str(path)!r} is not a file")
-    if ".jsonl" not in path.name:
-        return []
-    docs = checked_documents(path, ("text",))
-    return [title for doc in (docs[:limit] if limit else docs) if (title := (doc.get("title") or "").strip())]
+    return [title for doc in corpus_documents(path, limit) if (title := (doc.get("title") or "").strip())]
 
 
 def read_corpus_sentences(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:
@@ -184,19 +191,14 @@ def read_corpus_sentences(path: str | Path, limit: int | None = None, seed: int 
     and questions users type, and every corpus has them (titles are often missing).
 
     Raises:
-        ValueError: As :func:`read_corpus_texts` for a missing file or a bad line.
+        ValueError: As :func:`corpus_documents`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"corpus {str(path)!r} is not a file")
-    if ".jsonl" in path.name:
-        bodies = [doc["text"] for doc in checked_documents(path, ("text",))]
-    else:
-        bodies = read_corpus_texts(path)
     rng = np.random.default_rng(seed)
     sentences = []
-    for body in bodies[:limit] if limit else bodies:
-        pieces = [piece for piece in SENTENCE_END.split(body.strip()) if len(piece.split()) >= MIN_SENTENCE_WORDS]
+    for doc in corpus_documents(path, limit):
+        pieces = [
+            piece for piece in SENTENCE_END.split(doc["text"].strip()) if len(piece.split()) >= MIN_SENTENCE_WORDS
+        ]
         if pieces:
             sentences.append(pieces[int(rng.integers(len(pieces)))])
     return sentences
