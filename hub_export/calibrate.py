@@ -40,7 +40,11 @@ def calibrate_folder(
     if compressed and dims:
         raise ValueError(f"{model_dir} is compressed: --dims does not apply (ranges are stored per Matryoshka dim)")
     modeling = model_dir / "modeling.py"  # a missing one fails at load, as for any folder
-    if not compressed and modeling.is_file() and "code_ranges" not in modeling.read_text(errors="replace"):
+    if (
+        not compressed
+        and modeling.is_file()
+        and "code_ranges" not in modeling.read_text(encoding="utf-8", errors="replace")
+    ):
         raise ValueError(
             f"{model_dir / 'modeling.py'} is from an older concat-embed that would not read the ranges "
             "(parts[i].code_ranges): rebuild the folder with `concat-embed build ... --out` first"
