@@ -1,6 +1,6 @@
 """Quality of compressed concatenations at each Matryoshka dimension (a script, not a test).
 
-Encodes, once, the SciFact corpus (documents), its pseudo queries (``compress``'s: one sentence of
+Encodes, once, the SciFact corpus (documents), its pseudo queries (``compress``'s: every sentence of
 each document by default) and test queries (query prompt) and the STS-B test pairs with a combined
 model, and caches the vectors. Fits PCA and the trained projection (documents only, and
 ``compress``'s default: documents + pseudo queries) on the SciFact corpus only (never its queries
@@ -34,10 +34,15 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def encode_all(model_dir: str, cache: Path, pseudo: str) -> dict[str, np.ndarray]:
+def pseudo_key(pseudo: str, per_document: int | None) -> str:
+    """The cache key of a pseudo query set: ``pseudo_sentences`` (all), ``pseudo_sentences_1`` (one per document)."""
+    return f"pseudo_{pseudo}" + (f"_{per_document}" if pseudo == "sentences" and per_document else "")
+
+
+def encode_all(model_dir: str, cache: Path, pseudo: str, per_document: int | None) -> dict[str, np.ndarray]:
     """Corpus, pseudo queries (query prompt), test queries and STS-B vectors of the full model, cached in ``cache``."""
     vectors = dict(np.load(cache, allow_pickle=False)) if cache.is_file() else {}
-    if {"docs", f"pseudo_{pseudo}", "queries", "sts1", "sts2"} <= set(vectors):
+    if {"docs", pseudo_key(pseudo, per_document), "queries", "sts1", "sts2"} <= set(vectors):
         return vectors
     from sentence_transformers import SentenceTransformer
 
@@ -58,7 +63,9 @@ def encode_all(model_dir: str, cache: Path, pseudo: str) -> dict[str, np.ndarray
         np.savez(cache, **vectors)
     corpus_file = DATA / "scifact" / "corpus.jsonl.gz"
     encoders = {
-        f"pseudo_{pseudo}": lambda: model.encode_query(read_pseudo_queries(corpus_file, pseudo)),
+        pseudo_key(pseudo, per_document): lambda: model.encode_query(
+            read_pseudo_queries(corpus_file, pseudo, per_document=per_document), show_progress_bar=True
+        ),
         "queries": lambda: model.encode_query([queries[q] for q in queries]),
         "sts1": lambda: model.encode(first),
         "sts2": lambda: model.encode(second),
@@ -90,9 +97,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="combined model folder (default: the demo model)")
     parser.add_argument("--dims", default="384,192,96,48")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=None, help="default: compress's (about 100,000 anchors)")
     parser.add_argument("--cache", default=None, help="where the encoded vectors are cached (.npz)")
     parser.add_argument("--pseudo-queries", default=None, help="sentences, titles (default: compress's default)")
+    parser.add_argument("--sentences-per-doc", type=int, default=0, help="as compress's (0 = all sentences)")
     parser.add_argument(
         "--no-docs-only", action="store_true", help="skip the 'trained, documents only' fit (halves the fitting time)"
     )
@@ -101,7 +109,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from hub_export import demo
-    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection
+    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
     from hub_export.evaluation import part_views
     from hub_export.vectors import unit_rows
 
@@ -109,22 +117,26 @@ def main() -> None:
     dims = [int(d) for d in args.dims.split(",")]
     cache = Path(args.cache or f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
     pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES
-    v = encode_all(model_dir, cache, pseudo)
-    anchors = v[f"pseudo_{pseudo}"]
+    per_document = args.sentences_per_doc or None
+    v = encode_all(model_dir, cache, pseudo, per_document)
+    anchors = v[pseudo_key(pseudo, per_document)]
+    epochs = args.epochs or training_epochs(len(v["docs"]) + len(anchors))
+    docs_epochs = args.epochs or training_epochs(len(v["docs"]))
     views = part_views(SentenceTransformer(model_dir, trust_remote_code=True, device="cpu"))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     pca_w, pca_b = fit_pca(v["docs"], dims[0])
     pca_s = time.perf_counter() - started
-    docs_only = None if args.no_docs_only else train_projection(v["docs"], pca_w, pca_b, dims, epochs=args.epochs)
+    docs_only = None if args.no_docs_only else train_projection(v["docs"], pca_w, pca_b, dims, epochs=docs_epochs)
     docs_only_s = time.perf_counter() - started - pca_s
-    trained = train_projection(v["docs"], pca_w, pca_b, dims, queries=anchors, epochs=args.epochs)
+    trained = train_projection(v["docs"], pca_w, pca_b, dims, queries=anchors, epochs=epochs)
     trained_s = time.perf_counter() - started - pca_s - docs_only_s
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sizes = f"SciFact corpus {len(v['docs'])} docs, {len(v['queries'])} test queries; STS-B {len(v['sts1'])} pairs"
     say(f"model: {model_dir}; {sizes}")
-    say(f"fit on 2 CPU cores: PCA {pca_s:.1f} s, trained {trained_s:.1f} s with {len(anchors)} {pseudo}, "
-        f"{'no' if docs_only is None else f'{docs_only_s:.1f} s'} documents-only fit ({args.epochs} epochs); "
+    say(f"fit on 2 CPU cores: PCA {pca_s:.1f} s, trained {trained_s:.1f} s with {len(anchors)} {pseudo} "
+        f"({epochs} epochs), {'no' if docs_only is None else f'{docs_only_s:.1f} s ({docs_epochs} epochs)'} "
+        "documents-only fit; "
         f"peak RSS {rss_after / 1024:.0f} MB (before fitting {rss_before / 1024:.0f} MB)")  # fmt: skip
     full = scores(v["queries"], v["docs"], v["sts1"], v["sts2"])
     say("| vectors | dims | bytes (fp32) | SciFact nDCG@10 | STS-B | % of full (nDCG / STS) |")

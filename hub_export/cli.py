@@ -314,6 +314,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     options = CompressOptions(
         corpus=args.corpus, dims=dims, method=args.method, queries=args.queries, limit=args.limit,
         epochs=args.epochs, batch_size=args.batch_size, pseudo_queries=args.pseudo_queries,
+        sentences_per_doc=args.sentences_per_doc,
     )  # fmt: skip
     record = compress_model(args.model_dir, args.out, options, progress=not args.no_progress)
     sys.stdout.write(f"{args.out}\n")
@@ -490,11 +491,22 @@ def make_parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--pseudo-queries",
         default="sentences",
-        help="trained: corpus texts that also train query-document rankings (query prompt): sentences (one per "
-        "document), titles, or none (documents only)",
+        help="trained: corpus texts that also train query-document rankings (query prompt): sentences (of the "
+        "documents' bodies), titles, or none (documents only)",
+    )
+    compress.add_argument(
+        "--sentences-per-doc",
+        type=limit_int,
+        default=None,
+        help="--pseudo-queries sentences: at most N drawn from each document (0 or unset = all; fewer = faster)",
     )
     compress.add_argument("--limit", type=limit_int, default=None, help="corpus texts to use (0 or unset = all)")
-    compress.add_argument("--epochs", type=positive_int, default=10, help="training epochs on the cached vectors")
+    compress.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="training passes over the cached vectors (unset = about 100,000 anchors in all, at least one pass)",
+    )
     compress.add_argument("--batch-size", type=positive_int, default=32, help="encoding batch size")
     compress.add_argument("--no-progress", action="store_true")
     compress.set_defaults(func=cmd_compress)

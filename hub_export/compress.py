@@ -6,7 +6,7 @@ prefixes are Matryoshka for free); ``trained`` starts from PCA and trains the ma
 distillation on the cached vectors: at every requested dimension the truncated, re-normalized
 projection should rank each anchor's nearest documents as the full vector does (softmax KL over
 the corpus) and keep its cosine similarities (MSE). Anchors are the documents, pseudo queries
-from the corpus (one sentence of each document by default, or its titles; query prompt) and any
+from the corpus (every sentence of each document body by default, or its titles; query prompt) and any
 ``--queries``: no labels are used.
 
 The result is a model folder: the same parts, then a standard sentence-transformers ``Dense``
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("pca", "trained")
 DEFAULT_PSEUDO_QUERIES = "sentences"  # chosen on SciFact train queries + STS-B dev (README)
+TRAINING_DRAWS = 100_000  # anchors seen in training by default (--epochs unset): ~400 steps of 256
 COMPRESSION_FILE = "compression.json"
 DENSE_DIR, NORMALIZE_DIR = "1_Dense", "2_Normalize"
 # The AutoModel route returns the concatenation without the projection: not offered for compressed models.
@@ -184,10 +185,16 @@ class CompressOptions:
     method: str = "trained"
     queries: str | None = None
     limit: int | None = None
-    epochs: int = 10
+    epochs: int | None = None  # None: training_epochs(anchors)
     batch_size: int = 32
     seed: int = 0
     pseudo_queries: str = DEFAULT_PSEUDO_QUERIES
+    sentences_per_doc: int | None = None  # None: every sentence of each document
+
+
+def training_epochs(anchors: int) -> int:
+    """The default number of passes: about :data:`TRAINING_DRAWS` anchors in all, at least one pass."""
+    return max(1, round(TRAINING_DRAWS / max(anchors, 1)))
 
 
 def check_source_model(model_dir: Path) -> None:
@@ -217,7 +224,7 @@ def compress_model(
     if options.method not in METHODS:
         raise ValueError(f"unknown method {options.method!r}; valid: {list(METHODS)}")
     check_pseudo_queries(options.pseudo_queries)
-    if options.epochs < 1 or options.batch_size < 1:
+    if (options.epochs is not None and options.epochs < 1) or options.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be positive integers")
     check_source_model(model_dir)
     check_output(output_dir, [model_dir])
@@ -225,7 +232,9 @@ def compress_model(
     query_texts = read_corpus_texts(options.queries) if options.queries else []
     pseudo = []
     if options.method == "trained":
-        pseudo = read_pseudo_queries(options.corpus, options.pseudo_queries, options.limit, options.seed)
+        pseudo = read_pseudo_queries(
+            options.corpus, options.pseudo_queries, options.limit, options.seed, options.sentences_per_doc
+        )
         if not pseudo and options.pseudo_queries != "none":
             logger.warning(
                 "%s: no %s to use as pseudo queries; training on documents only", options.corpus, options.pseudo_queries
@@ -249,10 +258,10 @@ def compress_model(
         raise ValueError(f"{model_dir}: the model's outputs on the corpus are not finite; run `verify`")
     held_out = np.random.default_rng(options.seed).permutation(len(docs))[: min(500, len(docs) // 10 or 1)]
     weight, bias = fit_pca(docs, dims[0])
+    epochs = 0
     if options.method == "trained":
-        weight, bias = train_projection(
-            docs, weight, bias, dims, queries, options.epochs, seed=options.seed, progress=progress
-        )
+        epochs = options.epochs or training_epochs(len(docs) + len(anchors))
+        weight, bias = train_projection(docs, weight, bias, dims, queries, epochs, seed=options.seed, progress=progress)
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
             raise ValueError(f"{options.corpus}: training diverged (non-finite weights); use --method pca")
     fitted = time.perf_counter()
@@ -262,10 +271,14 @@ def compress_model(
         "source_dimension": full_dim,
         "corpus": {"name": Path(options.corpus).name, "texts": len(texts), "sha256": file_sha256(options.corpus)},
         "queries": {"name": Path(options.queries).name, "texts": len(query_texts)} if options.queries else None,
-        "pseudo_queries": {"source": options.pseudo_queries, "texts": len(pseudo)}
+        "pseudo_queries": {
+            "source": options.pseudo_queries,
+            "texts": len(pseudo),
+            "per_document": options.sentences_per_doc if options.pseudo_queries == "sentences" else None,
+        }
         if options.method == "trained"
         else None,
-        "epochs": options.epochs if options.method == "trained" else 0,
+        "epochs": epochs,
         "similarity_fidelity": fidelity(docs[held_out], weight, bias, dims),
         "seconds": {"encode": round(encoded - started, 1), "fit": round(fitted - encoded, 1)},
     }

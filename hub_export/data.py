@@ -182,25 +182,35 @@ def read_corpus_titles(path: str | Path, limit: int | None = None) -> list[str]:
     return [title for doc in corpus_documents(path, limit) if (title := (doc.get("title") or "").strip())]
 
 
-def read_corpus_sentences(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:
-    """One sentence drawn (``seed``) from each of the first ``limit`` documents of a corpus.
+def read_corpus_sentences(
+    path: str | Path, limit: int | None = None, seed: int = 0, per_document: int | None = None
+) -> list[str]:
+    """The sentences of the first ``limit`` documents of a corpus: all of them, or ``per_document`` drawn from each.
 
     A document's body (a JSON line's ``text``, not its title; or a plain line) is split after
     ``.``, ``!`` or ``?`` followed by white space; pieces under six words are passed over, and a
     document without a longer one gives none. Single sentences of the corpus look like the claims
-    and questions users type, and every corpus has them (titles are often missing).
+    and questions users type, and every corpus has them (titles are often missing). With
+    ``per_document`` (>= 1), a document with more sentences gives that many, drawn with ``seed``
+    and kept in their order; ``None`` keeps them all (no draw).
 
     Raises:
-        ValueError: As :func:`corpus_documents`.
+        ValueError: As :func:`corpus_documents`, or for ``per_document`` below 1.
     """
+    if per_document is not None and (isinstance(per_document, bool) or per_document < 1):
+        raise ValueError(f"sentences per document {per_document!r}: give an integer >= 1, or None for all")
     rng = np.random.default_rng(seed)
     sentences = []
     for doc in corpus_documents(path, limit):
         pieces = [
             piece for piece in SENTENCE_END.split(doc["text"].strip()) if len(piece.split()) >= MIN_SENTENCE_WORDS
         ]
-        if pieces:
-            sentences.append(pieces[int(rng.integers(len(pieces)))])
+        if per_document == 1 and pieces:
+            sentences.append(pieces[int(rng.integers(len(pieces)))])  # the draw of the one-per-document default
+        elif per_document is not None and len(pieces) > per_document:
+            sentences.extend(pieces[i] for i in sorted(rng.choice(len(pieces), per_document, replace=False)))
+        else:
+            sentences.extend(pieces)
     return sentences
 
 
@@ -210,15 +220,19 @@ def check_pseudo_queries(source: str) -> None:
         raise ValueError(f"unknown pseudo_queries {source!r}; valid: {list(PSEUDO_QUERY_SOURCES)}")
 
 
-def read_pseudo_queries(path: str | Path, source: str, limit: int | None = None, seed: int = 0) -> list[str]:
+def read_pseudo_queries(
+    path: str | Path, source: str, limit: int | None = None, seed: int = 0, per_document: int | None = None
+) -> list[str]:
     """The texts of a corpus that stand in for its queries: ``source`` is one of :data:`PSEUDO_QUERY_SOURCES`.
+
+    ``per_document`` applies to ``sentences`` (see :func:`read_corpus_sentences`).
 
     Raises:
         ValueError: For an unknown source, or as the readers above.
     """
     check_pseudo_queries(source)
     if source == "sentences":
-        return read_corpus_sentences(path, limit, seed)
+        return read_corpus_sentences(path, limit, seed, per_document)
     return read_corpus_titles(path, limit) if source == "titles" else []
 
 

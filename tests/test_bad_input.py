@@ -197,6 +197,8 @@ CLI_CASES = [
     ("compress-out-user-folder", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.user_dir), "--dims", "8"], 2, "is not empty and was not written by concat-embed"),
     ("compress-out-inside-model", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.model / "small"), "--dims", "8"], 2, "is inside the source"),
     ("compress-pseudo-queries", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--pseudo-queries", "title"], 2, "unknown pseudo_queries 'title'; valid: ['sentences', 'titles', 'none']"),
+    ("compress-sentences-per-doc", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--sentences-per-doc", "-1"], 2, "expected an integer >= 0 (0 = no limit), got '-1'"),
+    ("compress-epochs-zero", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--epochs", "0"], 2, "expected a positive integer, got '0'"),
     ("compress-twice", lambda f: ["compress", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8"], 2, "is already compressed (compression.json); compress its uncompressed source instead"),
     ("compress-not-a-model", lambda f: ["compress", str(f.no_model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o)], 2, "not a combined model folder (no concat_config.json)"),
     ("embed-text-fields-empty", lambda f: embed(f, "--output", str(f.o), "--text-fields", ","), 2, "id_field and text_fields must name fields"),

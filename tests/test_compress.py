@@ -128,35 +128,71 @@ def test_orthogonality_penalty_keeps_the_rows_orthonormal(built_model, corpus) -
     assert drift[0] < 0.6 * drift[1], drift
 
 
+WORDS_ONLY = [w for w in WORDS if w.isalpha()]  # no sentence ends inside a word
+
+
+def two_sentence_corpus(path: Path) -> Path:
+    """80 documents of two sentences (8 and 7 words); every fourth has no title."""
+    words, n = WORDS_ONLY, len(WORDS_ONLY)
+    records = [{"_id": str(i), "title": f"{words[i % n]} {words[(i + 3) % n]}" if i % 4 else "",
+                "text": " ".join(words[(i + j) % n] for j in range(8)) + ". "
+                        + " ".join(words[(i + j) % n] for j in range(9, 16))} for i in range(80)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path, caplog) -> None:
-    n = len(WORDS)
-    records = [{"_id": str(i), "title": f"{WORDS[i % n]} {WORDS[(i + 3) % n]}" if i % 4 else "",
-                "text": " ".join(WORDS[(i + j) % n] for j in range(8))} for i in range(80)]  # fmt: skip
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps(r) + "\n" for r in records))
-    options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40)
+    corpus = two_sentence_corpus(tmp_path / "corpus.jsonl")
+    options = CompressOptions(str(corpus), [24, 12], limit=40)
     record = compress_model(built_model, tmp_path / "default", options, progress=False)
-    assert record["pseudo_queries"] == {"source": "sentences", "texts": 40}  # one 8-word sentence per document
-    assert "trained with 40 corpus sentences as pseudo queries" in (tmp_path / "default" / "README.md").read_text()
+    # every sentence: two of 8 and 7 words per document; unset epochs: about 100,000 anchors (40 + 80 per pass)
+    assert record["pseudo_queries"] == {"source": "sentences", "texts": 80, "per_document": None}
+    assert record["epochs"] == round(100_000 / 120)
+    assert "trained with 80 corpus sentences as pseudo queries" in (tmp_path / "default" / "README.md").read_text()
+    options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40, sentences_per_doc=1)
+    record = compress_model(built_model, tmp_path / "one", options, progress=False)
+    assert record["pseudo_queries"] == {"source": "sentences", "texts": 40, "per_document": 1}
+    assert record["epochs"] == 2
     options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40, pseudo_queries="titles")
     record = compress_model(built_model, tmp_path / "titled", options, progress=False)
-    assert record["pseudo_queries"] == {"source": "titles", "texts": 30}  # 40 records, every fourth untitled
+    assert record["pseudo_queries"] == {"source": "titles", "texts": 30, "per_document": None}  # every 4th untitled
     card = (tmp_path / "titled" / "README.md").read_text()
     assert "trained with 30 corpus titles as pseudo queries" in card
     options = CompressOptions(str(corpus), [24, 12], epochs=2, pseudo_queries="none")
     assert compress_model(built_model, tmp_path / "plain", options, progress=False)["pseudo_queries"] == {
         "source": "none",
         "texts": 0,
+        "per_document": None,
     }
     short = tmp_path / "short.txt"  # no sentence of six words: documents only, and the log says so
-    short.write_text("".join(f"{WORDS[i % n]} {WORDS[(i + 1) % n]} {WORDS[(i + 2) % n]}\n" for i in range(30)))
+    words, n = WORDS_ONLY, len(WORDS_ONLY)
+    short.write_text("".join(f"{words[i % n]} {words[(i + 1) % n]} {words[(i + 2) % n]}\n" for i in range(30)))
     with caplog.at_level(logging.WARNING, logger="hub_export.compress"):
         record = compress_model(built_model, tmp_path / "short", CompressOptions(str(short), [24], epochs=1), False)
-    assert record["pseudo_queries"] == {"source": "sentences", "texts": 0}
+    assert record["pseudo_queries"] == {"source": "sentences", "texts": 0, "per_document": None}
     assert f"{short}: no sentences to use as pseudo queries; training on documents only" in caplog.messages
     with pytest.raises(ValueError, match=r"unknown pseudo_queries 'queries'; valid: \['sentences', 'titles', 'none'\]"):
         compress_model(built_model, tmp_path / "bad", CompressOptions(str(corpus), [24], pseudo_queries="queries"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_passes_sentences_per_doc_and_epochs(built_model, tmp_path, capsys) -> None:
+    from hub_export.cli import main
+
+    corpus = two_sentence_corpus(tmp_path / "corpus.jsonl")
+    out = tmp_path / "cli"
+    argv = ["compress", str(built_model), "--corpus", str(corpus), "--out", str(out), "--dims", "24,12",
+            "--sentences-per-doc", "1", "--epochs", "3", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "compression.json").read_text())
+    assert record["pseudo_queries"] == {"source": "sentences", "texts": 80, "per_document": 1}
+    assert record["epochs"] == 3 and record["dims"] == [24, 12]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(out)
+    assert [line.split()[0] for line in lines[1:]] == ["24", "12"]
+    assert main(argv[:-5] + ["--sentences-per-doc", "0", "--no-progress"]) == 0  # 0: every sentence, again
+    record = json.loads((out / "compression.json").read_text())
+    assert record["pseudo_queries"]["texts"] == 160 and record["epochs"] == round(100_000 / 240)
 
 
 def test_compressed_folder_verifies_publishes_and_documents_itself(compressed) -> None:
