@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from compress_bench import DATA, encode_all, pseudo_key, say, scores
+from compress_bench import DATA, default_cache, encode_all, encode_chunked, pseudo_key, say, scores
 
 
 def main() -> None:
@@ -44,13 +44,12 @@ def main() -> None:
 
     model_dir = args.model or str(demo.demo_model_dir())
     dims = [int(d) for d in args.dims.split(",")]
-    cache = Path(args.cache or f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
+    cache = Path(args.cache) if args.cache else default_cache(model_dir)
     v = encode_all(model_dir, cache, DEFAULT_PSEUDO_QUERIES, None)
     if "train_queries" not in v:
         _, train_queries, _ = load_beir(DATA / "scifact", split="train")
         model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")
-        v["train_queries"] = model.encode_query([train_queries[q] for q in train_queries])
-        np.savez(cache, **v)
+        encode_chunked(v, cache, "train_queries", [train_queries[q] for q in train_queries], model.encode_query)
     docs, sentences = v["docs"], v[pseudo_key(DEFAULT_PSEUDO_QUERIES, None)]
     full = scores(v["queries"], v["docs"], v["sts1"], v["sts2"])
     pca_w, pca_b = fit_pca(docs, dims[0])

@@ -47,14 +47,21 @@ def encode_chunked(
     """Encode ``texts`` into ``vectors[key]`` in chunks, saving ``cache`` after each: an interrupted run resumes."""
     if key in vectors:
         return
-    for start in range(0, len(texts), CHUNK):
+    for start in range(0, max(len(texts), 1), CHUNK):  # no texts: one empty chunk, as encode([]) gives
         part = f"{key}@{start:07d}"
         if part not in vectors:
             say(f"{key}: {start}-{min(start + CHUNK, len(texts))} of {len(texts)}")
             vectors[part] = encode(texts[start : start + CHUNK], show_progress_bar=True)
             np.savez(cache, **vectors)
     vectors[key] = np.concatenate([vectors.pop(k) for k in sorted(k for k in vectors if k.startswith(f"{key}@"))])
+    if len(vectors[key]) != len(texts):
+        raise ValueError(f"{cache}: {len(vectors[key])} cached {key} vectors for {len(texts)} texts; delete the cache")
     np.savez(cache, **vectors)
+
+
+def default_cache(model_dir: str) -> Path:
+    """Where the vectors of ``model_dir`` are cached unless ``--cache`` says otherwise."""
+    return Path(f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
 
 
 def encode_all(model_dir: str, cache: Path, pseudo: str, per_document: int | None) -> dict[str, np.ndarray]:
@@ -123,7 +130,7 @@ def main() -> None:
 
     model_dir = args.model or str(demo.demo_model_dir())
     dims = [int(d) for d in args.dims.split(",")]
-    cache = Path(args.cache or f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
+    cache = Path(args.cache) if args.cache else default_cache(model_dir)
     pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES
     per_document = args.sentences_per_doc or None
     v = encode_all(model_dir, cache, pseudo, per_document)
