@@ -25,27 +25,37 @@ import time
 from pathlib import Path
 
 import numpy as np
-from compress_bench import DATA, default_cache, encode_all, encode_chunked, pseudo_key, say, scores
+from compress_bench import DATA, default_cache, dims_arg, encode_all, encode_chunked, pseudo_key, say, scores
 
 
 def main() -> None:
     """Fit each variant and print one row of % of full per dimension."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="combined model folder (default: the demo model)")
-    parser.add_argument("--dims", default="384,192,96,48")
+    parser.add_argument("--dims", type=dims_arg, default="384,192,96,48")
     parser.add_argument("--cache", default=None, help="compress_bench.py's vector cache (.npz)")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
 
     from hub_export import demo
-    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
+    from hub_export.compress import (
+        DEFAULT_PSEUDO_QUERIES,
+        fit_pca,
+        parse_dims,
+        project,
+        train_projection,
+        training_epochs,
+    )
     from hub_export.data import load_beir
 
     model_dir = args.model or str(demo.demo_model_dir())
-    dims = [int(d) for d in args.dims.split(",")]
     cache = Path(args.cache) if args.cache else default_cache(model_dir)
     v = encode_all(model_dir, cache, DEFAULT_PSEUDO_QUERIES, None)
+    try:
+        dims = parse_dims(args.dims, v["docs"].shape[1])
+    except ValueError as error:
+        parser.error(str(error))
     if "train_queries" not in v:
         _, train_queries, _ = load_beir(DATA / "scifact", split="train")
         model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")

@@ -21,12 +21,14 @@ import os
 import resource
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 CHUNK = 2048  # texts encoded (and cached) at a time
+IDENTITY = "cache_identity"  # the cache's key naming what its vectors were encoded from
 DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -59,6 +61,50 @@ def encode_chunked(
     np.savez(cache, **vectors)
 
 
+def dims_arg(value: str) -> list[int]:
+    """``--dims``: comma-separated positive integers (the model's size is checked once it is loaded)."""
+    try:
+        dims = [int(part) for part in value.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give positive integers, largest first, e.g. 384,192,96,48")
+    return dims
+
+
+def cache_identity(model_dir: str) -> str:
+    """What the cached vectors are encoded from: the model's files and the benchmark's data files."""
+    from hub_export.files import content_hash, file_sha256
+
+    data = ("scifact/corpus.jsonl.gz", "scifact/queries.jsonl.gz", "stsb/test.tsv.gz")
+    return ";".join([f"model={content_hash(model_dir)}", *(f"{name}={file_sha256(DATA / name)}" for name in data)])
+
+
+def read_cache(cache: Path, identity: str) -> dict[str, np.ndarray]:
+    """The vectors cached in ``cache``; a new cache when there is none.
+
+    Raises:
+        SystemExit: When ``cache`` is not this script's cache for the same model and data: it is left untouched.
+    """
+    if not cache.exists():
+        return {IDENTITY: np.array(identity)}
+    try:
+        if not zipfile.is_zipfile(cache):
+            raise ValueError("not a zip archive")
+        vectors = dict(np.load(cache, allow_pickle=False))
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise SystemExit(f"{cache}: not a readable .npz ({error}); left untouched, give another --cache") from None
+    if IDENTITY not in vectors:
+        raise SystemExit(
+            f"{cache}: not written by compress_bench.py (no {IDENTITY}); left untouched, give another --cache"
+        )
+    if str(vectors[IDENTITY]) != identity:
+        raise SystemExit(
+            f"{cache}: encoded from another model or other data; left untouched, delete it or give another --cache"
+        )
+    return vectors
+
+
 def default_cache(model_dir: str) -> Path:
     """Where the vectors of ``model_dir`` are cached unless ``--cache`` says otherwise."""
     return Path(f"/tmp/compress-bench-{Path(model_dir).parent.name}-{Path(model_dir).name}.npz")
@@ -66,7 +112,7 @@ def default_cache(model_dir: str) -> Path:
 
 def encode_all(model_dir: str, cache: Path, pseudo: str, per_document: int | None) -> dict[str, np.ndarray]:
     """Corpus, pseudo queries (query prompt), test queries and STS-B vectors of the full model, cached in ``cache``."""
-    vectors = dict(np.load(cache, allow_pickle=False)) if cache.is_file() else {}
+    vectors = read_cache(cache, cache_identity(model_dir))
     if {"docs", pseudo_key(pseudo, per_document), "queries", "sts1", "sts2"} <= set(vectors):
         return vectors
     from sentence_transformers import SentenceTransformer
@@ -111,7 +157,7 @@ def main() -> None:
     """Fit, evaluate and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="combined model folder (default: the demo model)")
-    parser.add_argument("--dims", default="384,192,96,48")
+    parser.add_argument("--dims", type=dims_arg, default="384,192,96,48")
     parser.add_argument("--epochs", type=int, default=None, help="default: compress's (about 100,000 anchors)")
     parser.add_argument("--cache", default=None, help="where the encoded vectors are cached (.npz)")
     parser.add_argument("--pseudo-queries", default=None, help="sentences, titles (default: compress's default)")
@@ -124,16 +170,26 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from hub_export import demo
-    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
+    from hub_export.compress import (
+        DEFAULT_PSEUDO_QUERIES,
+        fit_pca,
+        parse_dims,
+        project,
+        train_projection,
+        training_epochs,
+    )
     from hub_export.evaluation import part_views
     from hub_export.vectors import unit_rows
 
     model_dir = args.model or str(demo.demo_model_dir())
-    dims = [int(d) for d in args.dims.split(",")]
     cache = Path(args.cache) if args.cache else default_cache(model_dir)
     pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES
     per_document = args.sentences_per_doc or None
     v = encode_all(model_dir, cache, pseudo, per_document)
+    try:
+        dims = parse_dims(args.dims, v["docs"].shape[1])
+    except ValueError as error:
+        parser.error(str(error))
     anchors = v[pseudo_key(pseudo, per_document)]
     epochs = args.epochs or training_epochs(len(v["docs"]) + len(anchors))
     docs_epochs = args.epochs or training_epochs(len(v["docs"]))
