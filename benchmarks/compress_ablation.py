@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-from compress_bench import DATA, default_cache, dims_arg, encode_all, encode_chunked, pseudo_key, say, scores
+from compress_bench import DATA, dims_arg, encode_chunked, load_run, pseudo_key, say, scores
 
 
 def main() -> None:
@@ -38,24 +37,10 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from hub_export import demo
-    from hub_export.compress import (
-        DEFAULT_PSEUDO_QUERIES,
-        fit_pca,
-        parse_dims,
-        project,
-        train_projection,
-        training_epochs,
-    )
+    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
     from hub_export.data import load_beir
 
-    model_dir = args.model or str(demo.demo_model_dir())
-    cache = Path(args.cache) if args.cache else default_cache(model_dir)
-    v = encode_all(model_dir, cache, DEFAULT_PSEUDO_QUERIES, None)
-    try:
-        dims = parse_dims(args.dims, v["docs"].shape[1])
-    except ValueError as error:
-        parser.error(str(error))
+    model_dir, cache, v, dims = load_run(parser, args, DEFAULT_PSEUDO_QUERIES, None)
     if "train_queries" not in v:
         _, train_queries, _ = load_beir(DATA / "scifact", split="train")
         model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")

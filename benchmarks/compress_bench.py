@@ -138,6 +138,22 @@ def encode_all(model_dir: str, cache: Path, pseudo: str, per_document: int | Non
     return vectors
 
 
+def load_run(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, pseudo: str, per_document: int | None
+) -> tuple[str, Path, dict[str, np.ndarray], list[int]]:
+    """A run's model folder (``--model``, default the demo), cache (``--cache``), its vectors and checked ``--dims``."""
+    from hub_export import demo
+    from hub_export.compress import parse_dims
+
+    model_dir = args.model or str(demo.demo_model_dir())
+    cache = Path(args.cache) if args.cache else default_cache(model_dir)
+    vectors = encode_all(model_dir, cache, pseudo, per_document)
+    try:
+        return model_dir, cache, vectors, parse_dims(args.dims, vectors["docs"].shape[1])
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def scores(q: np.ndarray, d: np.ndarray, sts1: np.ndarray, sts2: np.ndarray) -> tuple[float, float]:
     """(nDCG@10, STS-B Spearman) x100 of already shaped vectors."""
     from scipy.stats import spearmanr
@@ -169,27 +185,13 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from hub_export import demo
-    from hub_export.compress import (
-        DEFAULT_PSEUDO_QUERIES,
-        fit_pca,
-        parse_dims,
-        project,
-        train_projection,
-        training_epochs,
-    )
+    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
     from hub_export.evaluation import part_views
     from hub_export.vectors import unit_rows
 
-    model_dir = args.model or str(demo.demo_model_dir())
-    cache = Path(args.cache) if args.cache else default_cache(model_dir)
     pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES
     per_document = args.sentences_per_doc or None
-    v = encode_all(model_dir, cache, pseudo, per_document)
-    try:
-        dims = parse_dims(args.dims, v["docs"].shape[1])
-    except ValueError as error:
-        parser.error(str(error))
+    model_dir, _, v, dims = load_run(parser, args, pseudo, per_document)
     anchors = v[pseudo_key(pseudo, per_document)]
     epochs = args.epochs or training_epochs(len(v["docs"]) + len(anchors))
     docs_epochs = args.epochs or training_epochs(len(v["docs"]))
