@@ -346,6 +346,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--quantization``: how ``embed`` and ``serve`` run the model."""
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
+    )
+    parser.add_argument(
+        "--quantization",
+        default="auto",
+        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The ``concat-embed`` argument parser."""
     parser = argparse.ArgumentParser(prog="concat-embed", description=__doc__)
@@ -464,16 +478,7 @@ def make_parser() -> argparse.ArgumentParser:
     embed.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
     embed.add_argument("--ray-workers", type=positive_int, default=1, help="Ray actors embedding in parallel")
 
-    embed.add_argument(
-        "--backend",
-        default="auto",
-        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
-    )
-    embed.add_argument(
-        "--quantization",
-        default="auto",
-        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
-    )
+    add_runtime_options(embed)
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=cmd_embed)
 
@@ -518,16 +523,7 @@ def make_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
 
-    serve.add_argument(
-        "--backend",
-        default="auto",
-        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
-    )
-    serve.add_argument(
-        "--quantization",
-        default="auto",
-        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
-    )
+    add_runtime_options(serve)
     serve.add_argument(
         "--max-batch-tokens",
         type=positive_int,
