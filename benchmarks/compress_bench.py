@@ -126,15 +126,9 @@ def encode_all(model_dir: str, cache: Path, pseudo: str, per_document: int | Non
     encode_chunked(vectors, cache, "docs", texts, functools.partial(model.encode_document, batch_size=32))
     pseudo_texts = read_pseudo_queries(DATA / "scifact" / "corpus.jsonl.gz", pseudo, per_document=per_document)
     encode_chunked(vectors, cache, pseudo_key(pseudo, per_document), pseudo_texts, model.encode_query)
-    encoders = {
-        "queries": lambda: model.encode_query([queries[q] for q in queries]),
-        "sts1": lambda: model.encode(first),
-        "sts2": lambda: model.encode(second),
-    }
-    for key, encode in encoders.items():
-        if key not in vectors:
-            vectors[key] = encode()
-            np.savez(cache, **vectors)
+    encode_chunked(vectors, cache, "queries", [queries[q] for q in queries], model.encode_query)
+    encode_chunked(vectors, cache, "sts1", first, model.encode)
+    encode_chunked(vectors, cache, "sts2", second, model.encode)
     return vectors
 
 
