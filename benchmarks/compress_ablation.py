@@ -24,7 +24,7 @@ import argparse
 import time
 
 import numpy as np
-from compress_bench import DATA, dims_arg, encode_chunked, load_run, pseudo_key, say, scores
+from compress_bench import DATA, cache_arg, dims_arg, encode_chunked, load_run, pseudo_key, say, scores
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="combined model folder (default: the demo model)")
     parser.add_argument("--dims", type=dims_arg, default="384,192,96,48")
-    parser.add_argument("--cache", default=None, help="compress_bench.py's vector cache (.npz)")
+    parser.add_argument("--cache", type=cache_arg, default=None, help="compress_bench.py's vector cache (.npz)")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer

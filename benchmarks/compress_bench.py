@@ -72,6 +72,13 @@ def dims_arg(value: str) -> list[int]:
     return dims
 
 
+def cache_arg(value: str) -> Path:
+    """``--cache``: a file name ending in ``.npz`` (numpy saves other names to ``<name>.npz``, never read back)."""
+    if not value.endswith(".npz"):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a file name ending in .npz")
+    return Path(value)
+
+
 def cache_identity(model_dir: str) -> str:
     """What the cached vectors are encoded from: the model's files and the benchmark's data files."""
     from hub_export.files import content_hash, file_sha256
@@ -87,6 +94,8 @@ def read_cache(cache: Path, identity: str) -> dict[str, np.ndarray]:
         SystemExit: When ``cache`` is not this script's cache for the same model and data: it is left untouched.
     """
     if not cache.exists():
+        if cache.is_symlink():
+            raise SystemExit(f"{cache}: a symbolic link to nothing; give another --cache")
         return {IDENTITY: np.array(identity)}
     try:
         if not zipfile.is_zipfile(cache):
@@ -138,9 +147,14 @@ def load_run(
     """A run's model folder (``--model``, default the demo), cache (``--cache``), its vectors and checked ``--dims``."""
     from hub_export import demo
     from hub_export.compress import parse_dims
+    from hub_export.files import check_model_folder
 
     model_dir = args.model or str(demo.demo_model_dir())
-    cache = Path(args.cache) if args.cache else default_cache(model_dir)
+    cache = args.cache or default_cache(model_dir)
+    try:
+        check_model_folder(model_dir)
+    except ValueError as error:
+        parser.error(str(error))
     vectors = encode_all(model_dir, cache, pseudo, per_document)
     try:
         return model_dir, cache, vectors, parse_dims(args.dims, vectors["docs"].shape[1])
@@ -169,7 +183,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="combined model folder (default: the demo model)")
     parser.add_argument("--dims", type=dims_arg, default="384,192,96,48")
     parser.add_argument("--epochs", type=int, default=None, help="default: compress's (about 100,000 anchors)")
-    parser.add_argument("--cache", default=None, help="where the encoded vectors are cached (.npz)")
+    parser.add_argument("--cache", type=cache_arg, default=None, help="where the encoded vectors are cached (.npz)")
     parser.add_argument("--pseudo-queries", default=None, help="sentences, titles (default: compress's default)")
     parser.add_argument("--sentences-per-doc", type=int, default=0, help="as compress's (0 = all sentences)")
     parser.add_argument(
