@@ -81,7 +81,7 @@ def cache_arg(value: str) -> Path:
 
 def cache_identity(model_dir: str) -> str:
     """What the cached vectors are encoded from: the model's files and the benchmark's data files."""
-    from hub_export.files import content_hash, file_sha256
+    from hub_export.folder import content_hash, file_sha256
 
     data = ("scifact/corpus.jsonl.gz", "scifact/queries.jsonl.gz", "stsb/test.tsv.gz")
     return ";".join([f"model={content_hash(model_dir)}", *(f"{name}={file_sha256(DATA / name)}" for name in data)])
@@ -147,7 +147,7 @@ def load_run(
     """A run's model folder (``--model``, default the demo), cache (``--cache``), its vectors and checked ``--dims``."""
     from hub_export import demo
     from hub_export.compress import parse_dims
-    from hub_export.files import check_model_folder
+    from hub_export.folder import check_model_folder
 
     model_dir = args.model or str(demo.demo_model_dir())
     cache = args.cache or default_cache(model_dir)

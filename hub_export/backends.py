@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.data import load_sts, read_corpus_texts
-from hub_export.files import check_model_folder, read_json
+from hub_export.folder import check_model_folder, read_json
 from hub_export.modeling import (
     BACKEND_DEFAULT_FILES,
     CONFIG_FILE,

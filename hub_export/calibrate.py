@@ -9,7 +9,7 @@ from pathlib import Path
 from hub_export.codes import part_ranges
 from hub_export.compress import COMPRESSION_FILE, calibrate_compressed
 from hub_export.data import read_corpus_texts
-from hub_export.files import check_model_folder, read_json
+from hub_export.folder import check_model_folder, read_json
 from hub_export.modeling import CONFIG_FILE, LEGACY_CODE_RANGES
 
 logger = logging.getLogger(__name__)

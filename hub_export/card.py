@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hub_export.files import read_json
+from hub_export.folder import read_json
 
 CARD_TEMPLATE = """---
 {metadata}

@@ -202,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hub_export.compress import COMPRESSION_FILE, int8_ranges
     from hub_export.devices import check_devices
     from hub_export.evaluation import evaluate_model, format_table
-    from hub_export.files import read_json
+    from hub_export.folder import read_json
 
     check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)

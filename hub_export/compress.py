@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.files import check_model_folder, file_sha256, model_files, read_json
+from hub_export.folder import check_model_folder, file_sha256, model_files, read_json
 from hub_export.outdir import check_output, write_whole
 from hub_export.vectors import unit_rows
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
 from hub_export.devices import check_devices
-from hub_export.files import file_sha256, read_json
+from hub_export.folder import file_sha256, read_json
 from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
 from hub_export.runtime import Runtime, loaded_label
 
@@ -234,7 +234,7 @@ def model_revision(job: EmbedJob) -> str:
     if job.revision:
         return job.revision
     if Path(job.model).is_dir():
-        from hub_export.files import content_hash
+        from hub_export.folder import content_hash
 
         return "sha256:" + content_hash(job.model)
     return "unpinned"

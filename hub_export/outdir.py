@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from hub_export.files import read_json
+from hub_export.folder import read_json
 
 logger = logging.getLogger(__name__)
 

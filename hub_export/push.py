@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from hub_export.card import write_card
-from hub_export.files import check_model_folder, content_hash, model_files, read_json
+from hub_export.folder import check_model_folder, content_hash, model_files, read_json
 from hub_export.sources import check_repo_id
 
 logger = logging.getLogger(__name__)

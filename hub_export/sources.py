@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hub_export.files import PICKLE_PATTERNS, read_json
+from hub_export.folder import PICKLE_PATTERNS, read_json
 
 if TYPE_CHECKING:
     from torch import nn

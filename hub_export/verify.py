@@ -22,7 +22,7 @@ import numpy as np
 
 from hub_export.card import diff_cell, write_card
 from hub_export.compress import project, read_projection
-from hub_export.files import check_model_folder, content_hash, read_json
+from hub_export.folder import check_model_folder, content_hash, read_json
 from hub_export.vectors import unit_rows
 
 PROBES = [

@@ -13,7 +13,7 @@ import torch
 
 from hub_export import modeling
 from hub_export.backends import BACKENDS_FILE, export_backends
-from hub_export.files import model_files
+from hub_export.folder import model_files
 from hub_export.outdir import RECORD
 from tests.constants import DATA
 from tests.tiny_models import built_model_reference

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from sentence_transformers import SentenceTransformer
 
 from hub_export.compress import CompressOptions, compress_model, fit_pca, train_projection
-from hub_export.files import model_files
+from hub_export.folder import model_files
 from tests.tiny_models import WORDS, built_model_reference
 
 TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", ""]

@@ -9,7 +9,7 @@ import pytest
 
 from hub_export import build as build_module
 from hub_export.build import PartOptions, build_model
-from hub_export.files import model_files
+from hub_export.folder import model_files
 from hub_export.outdir import RECORD
 
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from hub_export.files import content_hash
+from hub_export.folder import content_hash
 from hub_export.push import dry_run_listing
 
 

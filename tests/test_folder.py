@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from hub_export.files import content_hash, file_sha256, model_files
+from hub_export.folder import content_hash, file_sha256, model_files
 
 
 def test_file_sha256_streams_to_the_same_digest(tmp_path) -> None:
