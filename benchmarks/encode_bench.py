@@ -316,8 +316,8 @@ def measure(configs: list[str], device: str, quick: bool, rounds: int, model_dir
 
 def ensure_exports(configs: list[str], model_dir: Path) -> None:
     """Export the demo model's parts for the ``e-*`` configurations that need files it lacks."""
-    from hub_export.backends import export_backends
     from hub_export.modeling import ONNX_INT8_FILES, OPENVINO_INT8_FILE, cpu_family
+    from hub_export.publish.backends import export_backends
 
     onnx = any(c.startswith("e-onnx") for c in configs)
     openvino = any(c.startswith("e-openvino") for c in configs)

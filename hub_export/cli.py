@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from hub_export.build import PartOptions
+    from hub_export.publish.build import PartOptions
 
 T = TypeVar("T")
 logger = logging.getLogger("hub_export")
@@ -83,7 +83,7 @@ def positive_float(raw: str) -> float:
 
 def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
     """Turn the ``build`` options into :class:`PartOptions`, validating every name and value."""
-    from hub_export.build import PartOptions
+    from hub_export.publish.build import PartOptions
 
     sources = [split_assignment(value, "--part") for value in args.part]
     names = [name for name, _ in sources]
@@ -120,7 +120,7 @@ def parts_from_args(args: argparse.Namespace) -> list[PartOptions]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a combined model folder."""
-    from hub_export.build import build_model
+    from hub_export.publish.build import build_model
 
     prompts = dict(split_assignment(value, "--prompt") for value in args.prompt or [])
     out = build_model(
@@ -139,7 +139,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a model folder in a fresh process; exit 1 when a difference exceeds the tolerance."""
-    from hub_export.verify import format_report, run_verification
+    from hub_export.publish.verify import format_report, run_verification
 
     record = run_verification(args.model_dir, args.tolerance)
     sys.stdout.write(format_report(record) + "\n")
@@ -148,8 +148,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push a verified model folder to the Hub in one commit (or list what would be pushed)."""
-    from hub_export.push import dry_run_listing, push_model
-    from hub_export.sources import check_repo_id
+    from hub_export.publish.push import dry_run_listing, push_model
+    from hub_export.publish.sources import check_repo_id
 
     if args.dry_run:
         check_repo_id(args.repo_id)
@@ -325,7 +325,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_export_backends(args: argparse.Namespace) -> int:
     """Export every part to ONNX / OpenVINO (fp32, optionally int8), check them against torch, add them."""
-    from hub_export.backends import export_backends
+    from hub_export.publish.backends import export_backends
 
     onnx = args.onnx or not args.openvino
     record = export_backends(

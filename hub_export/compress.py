@@ -296,7 +296,7 @@ def write_compressed_folder(
 
     from safetensors.numpy import save_file
 
-    from hub_export.card import write_card
+    from hub_export.publish.card import write_card
 
     for relative in model_files(model_dir):
         if relative in AUTO_MODEL_FILES or relative in ("verification.json", "README.md"):

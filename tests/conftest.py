@@ -33,7 +33,7 @@ from tests.constants import QUERY_PROMPT  # noqa: E402
 @pytest.fixture(scope="session")
 def built_model(tiny_parts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-part model: a (cls), b (mean, truncate 16, weight 0.5, own query prompt), a2 (lasttoken)."""
-    from hub_export.build import PartOptions, build_model
+    from hub_export.publish.build import PartOptions, build_model
 
     return build_model(
         [

@@ -241,7 +241,7 @@ def run_job(f: Files, **settings) -> None:
 
 
 def verify_nan_tolerance(f: Files) -> None:
-    from hub_export.verify import run_verification
+    from hub_export.publish.verify import run_verification
 
     run_verification(f.model, float("nan"))
 
@@ -259,7 +259,7 @@ def calibrate_negative(f: Files) -> None:
 
 
 def build_api(f: Files, **options) -> None:
-    from hub_export.build import PartOptions, build_model
+    from hub_export.publish.build import PartOptions, build_model
 
     build_model([PartOptions("x", str(f.parts["a"]), **options), PartOptions("y", str(f.parts["b"]))], f.root / "o")
 

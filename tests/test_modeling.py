@@ -66,7 +66,7 @@ def test_norm_is_sqrt_of_squared_weights(loaded_model) -> None:
 
 
 def test_normalize_output(tiny_parts, tmp_path) -> None:
-    from hub_export.build import PartOptions, build_model
+    from hub_export.publish.build import PartOptions, build_model
 
     folder = build_model(
         [PartOptions("x", str(tiny_parts["a"])), PartOptions("y", str(tiny_parts["b"]), pooling="mean")],
@@ -82,7 +82,7 @@ def test_normalize_output(tiny_parts, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def shared_tokenizer_model(tiny_parts, tmp_path_factory) -> SentenceTransformer:
     """Two parts with one tokenizer and different token limits (64 and 16; ``TEXTS`` need 13)."""
-    from hub_export.build import PartOptions, build_model
+    from hub_export.publish.build import PartOptions, build_model
 
     parts = [
         PartOptions("x", str(tiny_parts["a"])),

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hub_export import build as build_module
-from hub_export.build import PartOptions, build_model
 from hub_export.folder import model_files
 from hub_export.outdir import RECORD
+from hub_export.publish import build as build_module
+from hub_export.publish.build import PartOptions, build_model
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hub_export.build import PartOptions, build_model  # noqa: E402
+from hub_export.publish.build import PartOptions, build_model  # noqa: E402
 from tests.tiny_models import make_tiny_bert  # noqa: E402
 
 TEXTS = ["what is snowflake?", "Snowflake is a cloud data platform.", ""]

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hub_export.build import PartOptions, build_model  # noqa: E402
+from hub_export.publish.build import PartOptions, build_model  # noqa: E402
 from tests.tiny_models import make_tiny_bert, reference_part  # noqa: E402
 
 QUERY = "Represent this sentence for searching relevant passages: "

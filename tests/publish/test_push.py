@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from hub_export.folder import content_hash
-from hub_export.push import dry_run_listing
+from hub_export.publish.push import dry_run_listing
 
 
 def test_dry_run_says_whether_a_real_push_would_be_refused(built_model, tmp_path) -> None:

@@ -13,7 +13,6 @@ import sentence_transformers
 import torch
 import transformers
 
-from hub_export.card import write_card
 from hub_export.modeling import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -24,12 +23,13 @@ from hub_export.modeling import (
     pooling_mode_of,
 )
 from hub_export.outdir import check_output, write_whole
-from hub_export.sources import load_source, resolve_source
+from hub_export.publish.card import write_card
+from hub_export.publish.sources import load_source, resolve_source
 
 logger = logging.getLogger(__name__)
 
-MODELING_FILE = (Path(__file__).parent / "modeling.py").resolve()
-MODULES_TEMPLATE = (Path(__file__).parent / "modules.json").resolve()
+MODELING_FILE = (Path(__file__).parents[1] / "modeling.py").resolve()
+MODULES_TEMPLATE = (Path(__file__).parents[1] / "modules.json").resolve()
 AUTO_MAP = {"AutoConfig": "modeling.ConcatConfig", "AutoModel": "modeling.ConcatModel"}
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hub_export.cli import main
-from hub_export.verify import NON_FINITE, max_abs_diff, within
+from hub_export.publish.verify import NON_FINITE, max_abs_diff, within
 
 
 def test_non_finite_differences_never_pass() -> None:

@@ -1,6 +1,6 @@
 """``concat-embed verify``: compare a model folder with its parts loaded on their own, in a fresh process.
 
-The child process (``python -m hub_export.verify DIR``) loads DIR through
+The child process (``python -m hub_export.publish.verify DIR``) loads DIR through
 ``SentenceTransformer(DIR, trust_remote_code=True)`` and, independently, each part folder as a
 plain sentence-transformers model; it writes ``verification.json`` into DIR.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.card import diff_cell, write_card
 from hub_export.compress import project, read_projection
 from hub_export.folder import check_model_folder, content_hash, read_json
+from hub_export.publish.card import diff_cell, write_card
 from hub_export.vectors import unit_rows
 
 PROBES = [
@@ -145,7 +145,7 @@ def run_verification(model_dir: str | Path, tolerance: float | None = None) -> d
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with tempfile.TemporaryDirectory() as cwd:
         run = subprocess.run(
-            [sys.executable, "-m", "hub_export.verify", str(model_dir), "--tolerance", str(tolerance)],
+            [sys.executable, "-m", "hub_export.publish.verify", str(model_dir), "--tolerance", str(tolerance)],
             cwd=cwd,
             env=env,
             capture_output=True,
@@ -176,7 +176,7 @@ def format_report(record: dict) -> str:
 
 def main() -> None:
     """Child-process entry point: verify and write ``verification.json``."""
-    parser = argparse.ArgumentParser(prog="python -m hub_export.verify")
+    parser = argparse.ArgumentParser(prog="python -m hub_export.publish.verify")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     args = parser.parse_args()

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hub_export import modeling
-from hub_export.backends import BACKENDS_FILE, export_backends
 from hub_export.folder import model_files
 from hub_export.outdir import RECORD
+from hub_export.publish.backends import BACKENDS_FILE, export_backends
 from tests.constants import DATA
 from tests.tiny_models import built_model_reference
 
@@ -72,7 +72,7 @@ def test_export_adds_recorded_allowlisted_files_and_a_card_section(exported):
     recorded = json.loads((folder / RECORD).read_text())["files"]
     assert "alpha/onnx/model.onnx" in recorded and BACKENDS_FILE in recorded
     assert not [p for p in folder.parent.iterdir() if p.name.endswith(".partial")]  # staging removed
-    from hub_export.card import render_card
+    from hub_export.publish.card import render_card
 
     card = render_card(folder)
     assert "## Exported runtimes" in card and "| onnx/model_quint8_avx2.onnx | onnx | yes (avx2) |" in card

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hub_export.card import write_card
 from hub_export.folder import check_model_folder, content_hash, model_files, read_json
-from hub_export.sources import check_repo_id
+from hub_export.publish.card import write_card
+from hub_export.publish.sources import check_repo_id
 
 logger = logging.getLogger(__name__)
 
