@@ -146,8 +146,8 @@ def load_run(
 ) -> tuple[str, Path, dict[str, np.ndarray], list[int]]:
     """A run's model folder (``--model``, default the demo), cache (``--cache``), its vectors and checked ``--dims``."""
     from hub_export import demo
-    from hub_export.compress import parse_dims
     from hub_export.folder import check_model_folder
+    from hub_export.quality.compress import parse_dims
 
     model_dir = args.model or str(demo.demo_model_dir())
     cache = args.cache or default_cache(model_dir)
@@ -167,7 +167,7 @@ def scores(q: np.ndarray, d: np.ndarray, sts1: np.ndarray, sts2: np.ndarray) -> 
     from scipy.stats import spearmanr
 
     from hub_export.data import load_beir, load_sts
-    from hub_export.evaluation import retrieval_metrics
+    from hub_export.quality.evaluation import retrieval_metrics
     from hub_export.vectors import unit_rows
 
     corpus, queries, qrels = load_beir(DATA / "scifact")
@@ -193,8 +193,8 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
-    from hub_export.evaluation import part_views
+    from hub_export.quality.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
+    from hub_export.quality.evaluation import part_views
     from hub_export.vectors import unit_rows
 
     pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES

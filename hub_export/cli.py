@@ -170,7 +170,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Store per-part int8/int4 ranges from a calibration corpus in concat_config.json."""
-    from hub_export.calibrate import calibrate_folder
+    from hub_export.quality.calibrate import calibrate_folder
 
     dims = {}
     for value in args.dims or []:
@@ -199,10 +199,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.compress import COMPRESSION_FILE, int8_ranges
     from hub_export.devices import check_devices
-    from hub_export.evaluation import evaluate_model, format_table
     from hub_export.folder import read_json
+    from hub_export.quality.compress import COMPRESSION_FILE, int8_ranges
+    from hub_export.quality.evaluation import evaluate_model, format_table
 
     check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
@@ -220,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print pairwise similarity of models and write the heat map PNG."""
-    from hub_export.compare import compare_models, format_comparison, write_heatmap
+    from hub_export.quality.compare import compare_models, format_comparison, write_heatmap
 
     result = compare_models(
         args.models, args.beir, args.max_queries, args.max_docs, args.k, trust_remote_code=args.trust_remote_code,
@@ -305,7 +305,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     """Fit a Matryoshka projection of the concatenation and write a compressed model folder."""
-    from hub_export.compress import CompressOptions, compress_model
+    from hub_export.quality.compress import CompressOptions, compress_model
 
     try:
         dims = [positive_int(value.strip()) for value in args.dims.split(",")]

@@ -20,8 +20,8 @@ from typing import TextIO
 import torch
 from torch.nn.functional import normalize
 
-from hub_export.evaluation import part_views
 from hub_export.publish.build import MODELING_FILE, PartOptions, build_model
+from hub_export.quality.evaluation import part_views
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
 from hub_export.runtime import Runtime, loaded_label
 
 if TYPE_CHECKING:
-    from hub_export.codes import PartLayout
+    from hub_export.quality.codes import PartLayout
 
 logger = logging.getLogger(__name__)
 
@@ -253,13 +253,13 @@ class _Encoder:
         )
         self.layouts, self.ranges = None, None
         if job.dtype == "int8" and len(self.model) > 1:  # compressed: whole-vector per-dimension ranges
-            from hub_export.compress import int8_ranges
+            from hub_export.quality.compress import int8_ranges
 
             self.ranges = int8_ranges(Path(job.model), self.dimension)
             if self.ranges is None:
                 raise ValueError(f"{job.model} is compressed and has no int8 ranges: run `concat-embed calibrate`")
         elif job.dtype == "int8":
-            from hub_export.codes import part_layouts
+            from hub_export.quality.codes import part_layouts
 
             self.layouts = part_layouts(self.model[0].specs, "int8")
         self.pool = None
@@ -269,7 +269,7 @@ class _Encoder:
     @property
     def dimension(self) -> int:
         if self.layouts is not None:
-            from hub_export.codes import bytes_per_vector
+            from hub_export.quality.codes import bytes_per_vector
 
             return bytes_per_vector(self.layouts, "int8")
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
@@ -281,7 +281,7 @@ class _Encoder:
             texts, prompt_name=self.job.prompt_name, batch_size=self.job.batch_size, convert_to_numpy=True, **kwargs
         )
         if self.ranges is not None:
-            from hub_export.codes import dimension_codes
+            from hub_export.quality.codes import dimension_codes
 
             return dimension_codes(embeddings, *self.ranges)
         return to_dtype(embeddings, self.job.dtype, self.layouts)
@@ -294,7 +294,7 @@ class _Encoder:
 def to_dtype(embeddings: np.ndarray, dtype: str, layouts: Sequence[PartLayout] | None = None) -> np.ndarray:
     """Model output as stored: float32, float16, or int8 codes with the model's calibrated ranges."""
     if dtype == "int8":
-        from hub_export.codes import encode_codes
+        from hub_export.quality.codes import encode_codes
 
         return encode_codes(embeddings, layouts, "int8")
     return np.asarray(embeddings, dtype=np.dtype(dtype))

@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from hub_export.compress import COMPRESSION_FILE
 from hub_export.folder import read_json
+from hub_export.quality.compress import COMPRESSION_FILE
 from hub_export.runtime import Runtime, loaded_label
 from hub_export.serving import (
     DynamicBatcher,

@@ -247,13 +247,13 @@ def verify_nan_tolerance(f: Files) -> None:
 
 
 def compare_k0(f: Files) -> None:
-    from hub_export.compare import compare_models
+    from hub_export.quality.compare import compare_models
 
     compare_models([str(f.model / "alpha"), str(f.model / "beta")], f.beir_empty, k=0)
 
 
 def calibrate_negative(f: Files) -> None:
-    from hub_export.calibrate import calibrate_folder
+    from hub_export.quality.calibrate import calibrate_folder
 
     calibrate_folder(f.model, f.root / "corpus.jsonl", limit=-1)
 

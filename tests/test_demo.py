@@ -9,8 +9,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hub_export import demo
-from hub_export.evaluation import sts_spearman
 from hub_export.onnx_bert import convert_and_check
+from hub_export.quality.evaluation import sts_spearman
 from tests.constants import DATA
 from tests.tiny_models import reference_part
 
@@ -60,9 +60,9 @@ def test_stsb_spearman_matches_published_numbers(demo_model) -> None:
 
 
 def test_eval_on_a_subsample_with_calibrated_compression(demo_dir, tmp_path) -> None:
-    from hub_export.codes import part_ranges
     from hub_export.data import read_corpus_texts
-    from hub_export.evaluation import evaluate_model
+    from hub_export.quality.codes import part_ranges
+    from hub_export.quality.evaluation import evaluate_model
 
     demo_model = SentenceTransformer(str(demo_dir), trust_remote_code=True, device="cpu")  # its specs change below
 

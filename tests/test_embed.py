@@ -75,7 +75,7 @@ def test_parquet_input_float16_and_int8(built_model, tmp_path) -> None:
         run_embed(EmbedJob(str(built_model), str(source), str(tmp_path / "i8"), dtype="int8"), progress=False)
     calibrated = tmp_path / "model"
     shutil.copytree(built_model, calibrated)
-    from hub_export.calibrate import calibrate_folder
+    from hub_export.quality.calibrate import calibrate_folder
 
     text_file = tmp_path / "sample.txt"
     text_file.write_text("\n".join(r["text"] for r in GOOD))

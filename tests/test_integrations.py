@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir, load_sts
-from hub_export.evaluation import retrieval_metrics
-from hub_export.mteb_tasks import beir_retrieval_task, sts_task
+from hub_export.quality.evaluation import retrieval_metrics
+from hub_export.quality.mteb_tasks import beir_retrieval_task, sts_task
 from hub_export.vectors import cosine_rows, unit_rows
 from tests.constants import DATA, QUERY_PROMPT
 

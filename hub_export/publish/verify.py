@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.compress import project, read_projection
 from hub_export.folder import check_model_folder, content_hash, read_json
 from hub_export.publish.card import diff_cell, write_card
+from hub_export.quality.compress import project, read_projection
 from hub_export.vectors import unit_rows
 
 PROBES = [

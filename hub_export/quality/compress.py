@@ -338,7 +338,7 @@ def calibrate_compressed(model_dir: Path, embeddings: np.ndarray) -> dict[str, d
     (what is stored at that size). Returns ``{"<k>d": {"int8": {"low", "high", "dims"}}}`` (the
     extreme ends, for display).
     """
-    from hub_export.codes import dimension_ranges
+    from hub_export.quality.codes import dimension_ranges
 
     path = model_dir / COMPRESSION_FILE
     record = read_json(path)

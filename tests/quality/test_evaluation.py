@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hub_export.cli import main
-from hub_export.evaluation import format_table, retrieval_metrics, sts_score
+from hub_export.quality.evaluation import format_table, retrieval_metrics, sts_score
 from tests.constants import DATA
 
 
@@ -55,7 +55,7 @@ def test_calibrate_then_eval_rows_per_part_and_setting(built_model, tmp_path, ca
 
 
 def test_matryoshka_int8_codes_use_calibrated_ranges_and_clip() -> None:
-    from hub_export.evaluation import matryoshka_codes
+    from hub_export.quality.evaluation import matryoshka_codes
 
     docs = np.random.default_rng(0).normal(scale=0.2, size=(50, 8))
     low, high = np.full(8, -0.1), np.full(8, 0.1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hub_export.cli import main
-from hub_export.compare import jaccard_at_k, linear_cka, rank_correlation
+from hub_export.quality.compare import jaccard_at_k, linear_cka, rank_correlation
 from tests.constants import DATA
 
 RNG = np.random.default_rng(0)

@@ -6,11 +6,11 @@ import json
 import logging
 from pathlib import Path
 
-from hub_export.codes import part_ranges
-from hub_export.compress import COMPRESSION_FILE, calibrate_compressed
 from hub_export.data import read_corpus_texts
 from hub_export.folder import check_model_folder, read_json
 from hub_export.modeling import CONFIG_FILE, LEGACY_CODE_RANGES
+from hub_export.quality.codes import part_ranges
+from hub_export.quality.compress import COMPRESSION_FILE, calibrate_compressed
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from hub_export.codes import (
+from hub_export.data import document_text, load_beir, load_sts
+from hub_export.quality.codes import (
     PartLayout,
     bytes_per_vector,
     decode_codes,
@@ -28,7 +29,6 @@ from hub_export.codes import (
     part_layouts,
     prepare_queries,
 )
-from hub_export.data import document_text, load_beir, load_sts
 from hub_export.vectors import cosine_rows, unit_rows
 
 if TYPE_CHECKING:

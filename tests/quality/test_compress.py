@@ -13,8 +13,8 @@ import pytest
 from safetensors.numpy import load_file
 from sentence_transformers import SentenceTransformer
 
-from hub_export.compress import CompressOptions, compress_model, fit_pca, train_projection
 from hub_export.folder import model_files
+from hub_export.quality.compress import CompressOptions, compress_model, fit_pca, train_projection
 from tests.tiny_models import WORDS, built_model_reference
 
 TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", ""]
@@ -167,7 +167,7 @@ def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built
     short = tmp_path / "short.txt"  # no sentence of six words: documents only, and the log says so
     words, n = WORDS_ONLY, len(WORDS_ONLY)
     short.write_text("".join(f"{words[i % n]} {words[(i + 1) % n]} {words[(i + 2) % n]}\n" for i in range(30)))
-    with caplog.at_level(logging.WARNING, logger="hub_export.compress"):
+    with caplog.at_level(logging.WARNING, logger="hub_export.quality.compress"):
         record = compress_model(built_model, tmp_path / "short", CompressOptions(str(short), [24], epochs=1), False)
     assert record["pseudo_queries"] == {"source": "sentences", "texts": 0, "per_document": None}
     assert f"{short}: no sentences to use as pseudo queries; training on documents only" in caplog.messages
@@ -225,7 +225,7 @@ def test_server_accepts_the_recorded_matryoshka_dims(compressed) -> None:
 
 
 def test_eval_of_a_compressed_model_has_rows_per_dimension_and_storage(compressed, tmp_path) -> None:
-    from hub_export.evaluation import evaluate_model, retrieval_metrics
+    from hub_export.quality.evaluation import evaluate_model, retrieval_metrics
 
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
@@ -255,11 +255,11 @@ def test_eval_of_a_compressed_model_has_rows_per_dimension_and_storage(compresse
 def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, corpus, tmp_path) -> None:
     import shutil
 
-    from hub_export.calibrate import calibrate_folder
-    from hub_export.codes import decode_dimension_codes
-    from hub_export.compress import int8_ranges
     from hub_export.data import read_corpus_texts
     from hub_export.embed import EmbedJob, run_embed
+    from hub_export.quality.calibrate import calibrate_folder
+    from hub_export.quality.codes import decode_dimension_codes
+    from hub_export.quality.compress import int8_ranges
 
     folder = Path(shutil.copytree(compressed, tmp_path / "model"))
     with pytest.raises(ValueError, match="is compressed: --dims does not apply"):
@@ -299,7 +299,7 @@ def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, cor
 
 
 def test_diverged_training_is_refused_and_writes_nothing(built_model, corpus, tmp_path, monkeypatch) -> None:
-    import hub_export.compress as compress
+    import hub_export.quality.compress as compress
 
     monkeypatch.setattr(compress, "train_projection", lambda docs, w, b, *a, **k: (w * np.nan, b))
     with pytest.raises(ValueError, match=r"corpus.txt: training diverged \(non-finite weights\); use --method pca"):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from hub_export.calibrate import calibrate_folder
-from hub_export.codes import (
+from hub_export.modeling import PartSpec
+from hub_export.quality.calibrate import calibrate_folder
+from hub_export.quality.codes import (
     PartLayout,
     bytes_per_vector,
     decode_codes,
@@ -20,7 +21,6 @@ from hub_export.codes import (
     prepare_queries,
     score,
 )
-from hub_export.modeling import PartSpec
 
 RNG = np.random.default_rng(0)
 

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir
-from hub_export.evaluation import retrieval_metrics
+from hub_export.quality.evaluation import retrieval_metrics
 from hub_export.vectors import unit_rows
 
 
@@ -61,7 +61,7 @@ def compare_models(
         model_paths: sentence-transformers models (folders or Hub ids); a combined model's part
             subfolders qualify. Each model uses its own saved query/document prompts.
         beir: BEIR folder.
-        max_queries, max_docs: Subsample sizes (see :func:`hub_export.evaluation.load_beir`).
+        max_queries, max_docs: Subsample sizes (see :func:`hub_export.quality.evaluation.load_beir`).
         k: Depth of the retrieval overlap.
         trust_remote_code: Passed to ``SentenceTransformer``.
         progress: Show a progress bar per encoded set.
