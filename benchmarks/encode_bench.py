@@ -85,7 +85,7 @@ def build_encoder(config: str, device: str, model_dir: Path) -> tuple[Callable[[
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.fast import encode_with_token_budget
+    from hub_export.runtime.batching import encode_with_token_budget
 
     part_dirs = [model_dir / "minilm_l6", model_dir / "minilm_l3"]
     if config == "a":
@@ -369,7 +369,7 @@ def main() -> None:
         + "".join(f"{s + ' /s':>14}{'x(a)':>6}" for s in sets)
         + f"{'1q p50 ms':>10}{'p90':>6}{'x(a)':>6}{'STS-B':>7}{'RSS MB':>8}{'load s':>7}"
     )
-    from hub_export.runtime import cpu_summary
+    from hub_export.runtime.choice import cpu_summary
 
     lines = [cpu_summary(), f"device {args.device}, {'quick' if args.quick else 'full'} sets", header]
     for r in results:

@@ -108,7 +108,7 @@ def in_process(model_dir: str, quantization: str, queries: list[str], passages: 
     on the runtime the server resolves for the same ``--quantization`` (``--backend auto``)."""
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.runtime import choose_runtime
+    from hub_export.runtime.choice import choose_runtime
 
     kwargs = choose_runtime(model_dir, "auto", quantization).load_kwargs()
     model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu", **kwargs)
@@ -156,7 +156,7 @@ def main() -> None:
     query_prompt = {"input_type": "query"}
     single = [{"input": [text], **query_prompt} for text in queries]
     batched = [{"input": passages[i : i + 32]} for i in range(0, len(passages), 32)]
-    from hub_export.runtime import cpu_summary
+    from hub_export.runtime.choice import cpu_summary
 
     say(cpu_summary())
     say(f"model: {model_dir}; {n_single} single-query requests, {n_batch} x 32-passage requests per cell")

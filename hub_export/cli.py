@@ -199,10 +199,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.devices import check_devices
     from hub_export.folder import read_json
     from hub_export.quality.compress import COMPRESSION_FILE, int8_ranges
     from hub_export.quality.evaluation import evaluate_model, format_table
+    from hub_export.runtime.devices import check_devices
 
     check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
@@ -234,12 +234,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed a corpus into sharded, resumable Parquet files."""
-    from hub_export.embed import EmbedJob, run_embed
-    from hub_export.fast import keep_freed_memory
-    from hub_export.runtime import choose_runtime
+    from hub_export.runtime.choice import choose_runtime
+    from hub_export.runtime.embed import EmbedJob, run_embed
+    from hub_export.runtime.memory import keep_freed_memory
 
     runtime = choose_runtime(args.model, args.backend, args.quantization)
-    keep_freed_memory()  # this process exists to embed: reuse freed heap memory (see hub_export.fast)
+    keep_freed_memory()  # this process exists to embed: reuse freed heap memory (see hub_export.runtime.memory)
     job = EmbedJob(
         model=args.model,
         input=args.input,
@@ -270,7 +270,7 @@ def announce(model: str, url: str, engine: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP (OpenAI- and TEI-compatible) until interrupted."""
-    from hub_export.runtime import choose_runtime
+    from hub_export.runtime.choice import choose_runtime
     from hub_export.server import API_KEY_ENV
 
     if args.engine not in ("local", "ray"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.runtime import Runtime
+from hub_export.runtime.choice import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from hub_export.folder import read_json
 from hub_export.quality.compress import COMPRESSION_FILE
-from hub_export.runtime import Runtime, loaded_label
+from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.serving import (
     DynamicBatcher,
     Embedder,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hub_export.runtime import loaded_label
+from hub_export.runtime.choice import loaded_label
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -165,7 +165,7 @@ class Embedder:
 
     def embed_many(self, requests: Sequence[tuple[Sequence[str], str | None]]) -> list[np.ndarray]:
         """Vectors for several requests ``(texts, prompt name)``: one length-sorted token-budget pass per prompt."""
-        from hub_export.fast import encode_with_token_budget
+        from hub_export.runtime.batching import encode_with_token_budget
 
         results: list[np.ndarray | None] = [None] * len(requests)
         by_prompt: dict[str | None, list[int]] = {}

@@ -235,7 +235,7 @@ def set_model_length(f: Files) -> None:
 
 
 def run_job(f: Files, **settings) -> None:
-    from hub_export.embed import EmbedJob, run_embed
+    from hub_export.runtime.embed import EmbedJob, run_embed
 
     run_embed(EmbedJob(str(f.model), str(f.root / "corpus.jsonl"), str(f.root / "api-out"), **settings), False)
 

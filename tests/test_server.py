@@ -292,7 +292,7 @@ def test_ray_engine_answers_like_the_local_one(built_model, expected, tmp_path) 
 
 def test_auto_runtime_serves_this_cpus_int8_path_close_to_the_exact_vectors(built_model, expected) -> None:
     from hub_export.modeling import auto_quantization, cpu_family
-    from hub_export.runtime import Runtime, choose_runtime
+    from hub_export.runtime.choice import Runtime, choose_runtime
 
     runtime = choose_runtime(str(built_model))  # the CLI default: --backend auto --quantization auto
     assert runtime == Runtime("torch", "auto")  # this folder has no exported files

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from hub_export.embed import CRASH_AFTER_SHARDS_ENV, EmbedJob, read_output, run_embed
+from hub_export.runtime.embed import CRASH_AFTER_SHARDS_ENV, EmbedJob, read_output, run_embed
 
 GOOD = [{"_id": f"d{i}", "title": f"title {i}", "text": f"the quick brown fox number {i} jumps"} for i in range(23)]
 BAD = [{"title": "no id"}, {"_id": "d3", "text": "dup"}, {"_id": "x1", "text": 5}, {"_id": "x2"}, "not an object"]
@@ -176,7 +176,7 @@ def test_resume_refuses_an_input_edited_in_place(built_model, tmp_path) -> None:
 
 
 def test_second_run_into_the_same_output_is_refused(built_model, corpus, tmp_path) -> None:
-    from hub_export.embed import output_lock
+    from hub_export.runtime.embed import output_lock
 
     out = tmp_path / "out"
     out.mkdir()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from hub_export.fast import encode_with_token_budget, token_budget_batches
+from hub_export.runtime.batching import encode_with_token_budget, token_budget_batches
 
 TEXTS = ["what is snowflake?", "a", "The quick brown fox jumps over the lazy dog. " * 5, "", "hello world"]
 
@@ -45,7 +45,7 @@ def test_token_budget_encoding_equals_plain_encode(loaded_model) -> None:
 
 PAGE_FAULTS = """
 import resource, sys, torch
-from hub_export.fast import keep_freed_memory
+from hub_export.runtime.memory import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
 x = torch.ones(8 * 2**20)  # 32 MiB; each step below allocates 32 MiB tensors, as a forward pass does
 for step in range(6):

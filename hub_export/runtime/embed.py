@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
-from hub_export.devices import check_devices
 from hub_export.folder import file_sha256, read_json
 from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
-from hub_export.runtime import Runtime, loaded_label
+from hub_export.runtime.choice import Runtime, loaded_label
+from hub_export.runtime.devices import check_devices
 
 if TYPE_CHECKING:
     from hub_export.quality.codes import PartLayout
@@ -304,7 +304,7 @@ class RayEmbedActor:
     """Ray Data actor: loads the model once and embeds ``{"text"}`` batches into ``{"vector"}``."""
 
     def __init__(self, job: dict[str, Any]) -> None:
-        from hub_export.fast import keep_freed_memory
+        from hub_export.runtime.memory import keep_freed_memory
 
         keep_freed_memory()  # the actor's process exists to embed
         self.encoder = _Encoder(EmbedJob(**job | {"engine": "ray", "devices": []}))
