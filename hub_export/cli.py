@@ -271,7 +271,7 @@ def announce(model: str, url: str, engine: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP (OpenAI- and TEI-compatible) until interrupted."""
     from hub_export.runtime.choice import choose_runtime
-    from hub_export.server import API_KEY_ENV
+    from hub_export.serve.app import API_KEY_ENV
 
     if args.engine not in ("local", "ray"):
         raise ValueError(f"unknown engine {args.engine!r}; valid: ['local', 'ray']")
@@ -284,13 +284,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "serving on %s: reachable from other machines%s", args.host, "" if api_key else " without an API key"
         )
     if args.engine == "ray":
-        from hub_export.ray_serve import ray_application, run_ray
+        from hub_export.serve.ray_engine import ray_application, run_ray
 
         app = ray_application(args.model, runtime, limits, api_key, args.replicas, args.max_replicas)
         url = f"http://{args.host}:{args.port}"
         run_ray(app, args.host, args.port, args.ray_address, ready=lambda: announce(args.model, url, "ray"))
         return 0
-    from hub_export.server import bound_socket, create_app, load_embedder, run_local
+    from hub_export.serve.app import bound_socket, create_app, load_embedder, run_local
 
     if args.threads:
         import torch

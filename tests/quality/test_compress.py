@@ -214,8 +214,8 @@ def test_compressed_folder_verifies_publishes_and_documents_itself(compressed) -
 
 
 def test_server_accepts_the_recorded_matryoshka_dims(compressed) -> None:
-    from hub_export.server import load_embedder
-    from hub_export.serving import ServerError
+    from hub_export.serve.app import load_embedder
+    from hub_export.serve.requests import ServerError
 
     embedder = load_embedder(str(compressed))
     assert embedder.matryoshka_dims == DIMS

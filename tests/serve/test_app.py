@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import uvicorn
 
-from hub_export.server import bound_socket, create_app, load_embedder
-from hub_export.serving import DynamicBatcher, Embedder, Limits, ServerError, tei_info
+from hub_export.serve.app import bound_socket, create_app, load_embedder
+from hub_export.serve.batcher import DynamicBatcher
+from hub_export.serve.requests import Embedder, Limits, ServerError, tei_info
 
 TEXTS = ["what is snowflake?", "The quick brown fox jumps over the lazy dog.", "é ü 日本 text", ""]
 KEY = "sk-test"

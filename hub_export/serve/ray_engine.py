@@ -1,6 +1,6 @@
 """``concat-embed serve --engine ray``: the same app as a Ray Serve deployment (replicas, Ray's batching).
 
-Each replica loads the model once and builds the app of :func:`hub_export.server.create_app`
+Each replica loads the model once and builds the app of :func:`hub_export.serve.app.create_app`
 with a Ray Serve ``@serve.batch`` method as its ``embed``, so requests and responses are the
 local engine's; batches of concurrent requests go through :meth:`Embedder.embed_many`.
 """
@@ -31,7 +31,7 @@ def ray_application(
     """A bound Ray Serve application serving ``model`` on ``replicas`` (autoscaled up to ``max_replicas``)."""
     from ray import serve
 
-    from hub_export.server import create_app, load_embedder
+    from hub_export.serve.app import create_app, load_embedder
 
     @serve.ingress()
     class ConcatEmbedDeployment:

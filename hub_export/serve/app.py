@@ -1,7 +1,7 @@
 """``concat-embed serve``: the HTTP app (FastAPI) with OpenAI- and TEI-compatible endpoints, and its local runner.
 
 :func:`create_app` builds the routes around an ``embed`` coroutine; the local engine passes a
-:class:`~hub_export.serving.DynamicBatcher`, the Ray engine (:mod:`hub_export.ray_serve`) a
+:class:`~hub_export.serve.batcher.DynamicBatcher`, the Ray engine (:mod:`hub_export.serve.ray_engine`) a
 Ray Serve batched method, so both answer the same requests with the same responses.
 """
 
@@ -25,8 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from hub_export.folder import read_json
 from hub_export.quality.compress import COMPRESSION_FILE
 from hub_export.runtime.choice import Runtime, loaded_label
-from hub_export.serving import (
-    DynamicBatcher,
+from hub_export.serve.batcher import DynamicBatcher
+from hub_export.serve.requests import (
     Embedder,
     EmbedFn,
     OpenAIEmbeddingRequest,
@@ -213,7 +213,7 @@ def load_embedder(model: str, runtime: Runtime | None = None, max_batch_tokens: 
     """Load ``model`` once for serving (remote code trusted) on ``runtime`` (default: exact torch)."""
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.serving import Limits
+    from hub_export.serve.requests import Limits
 
     runtime = runtime or Runtime()
     loaded = SentenceTransformer(model, trust_remote_code=True, **runtime.load_kwargs())
