@@ -9,7 +9,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hub_export import demo
-from hub_export.onnx_bert import convert_and_check
+from hub_export.demo.onnx_bert import convert_and_check
 from hub_export.quality.evaluation import sts_spearman
 from tests.constants import DATA
 from tests.tiny_models import reference_part
