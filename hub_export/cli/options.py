@@ -1,0 +1,93 @@
+"""Option types and helpers the command groups share: NAME=VALUE options, numbers, the runtime choice."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def split_assignment(value: str, flag: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; raise ``ValueError`` naming the flag when there is no ``=``."""
+    key, sep, rest = value.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{flag} expects KEY=VALUE, got {value!r}")
+    return key.strip(), rest
+
+
+def per_part(
+    values: Sequence[str] | None, flag: str, names: Sequence[str], convert: Callable[[str], T]
+) -> dict[str, T]:
+    """Parse repeated ``NAME=VALUE`` options whose NAME must be one of the part names."""
+    result: dict[str, T] = {}
+    for value in values or []:
+        name, raw = split_assignment(value, flag)
+        if name not in names:
+            raise ValueError(f"{flag} {value!r}: unknown part {name!r}; valid parts: {list(names)}")
+        try:
+            result[name] = convert(raw)
+        except ValueError as error:
+            raise ValueError(f"{flag} {value!r}: {error}") from None
+    return result
+
+
+class OptionError(argparse.ArgumentTypeError, ValueError):
+    """A bad option value: argparse prints its message, and callers may catch it as a ValueError."""
+
+
+def positive_int(raw: str) -> int:
+    """An integer > 0."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise OptionError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
+def limit_int(raw: str) -> int | None:
+    """A sample size: an integer >= 0, where 0 means no limit (None)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise OptionError(f"expected an integer >= 0 (0 = no limit), got {raw!r}")
+    return value or None
+
+
+def positive_float(raw: str) -> float:
+    """A finite number > 0 (``inf``, ``nan`` and ``1e309`` are refused)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise OptionError(f"expected a finite number > 0, got {raw!r}")
+    return value
+
+
+def write_json_output(path: str | None, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path`` (the ``--json`` option) when it is given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--quantization``: how ``embed`` and ``serve`` run the model."""
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
+    )
+    parser.add_argument(
+        "--quantization",
+        default="auto",
+        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
+    )
