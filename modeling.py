@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 # --- Constants and the configuration schema (concat_config.json) ---
 
+# This file's format version, read by concat-embed from a folder's copy (its text, never run):
+# 2 = parts[i].code_ranges is read (files without this line are older).
+MODELING_VERSION = 2
 CONFIG_FILE = "concat_config.json"
 POOLING_MODES = ("cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 PART_MODULE_TYPES = ("Transformer", "Pooling", "Dense", "Normalize")

@@ -38,7 +38,8 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from hub_export.data import load_beir
-    from hub_export.quality.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
+    from hub_export.quality.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, train_projection, training_epochs
+    from hub_export.vectors import project
 
     model_dir, cache, v, dims = load_run(parser, args, DEFAULT_PSEUDO_QUERIES, None)
     if "train_queries" not in v:

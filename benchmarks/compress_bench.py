@@ -193,9 +193,9 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.quality.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, project, train_projection, training_epochs
+    from hub_export.quality.compress import DEFAULT_PSEUDO_QUERIES, fit_pca, train_projection, training_epochs
     from hub_export.quality.evaluation import part_views
-    from hub_export.vectors import unit_rows
+    from hub_export.vectors import project, unit_rows
 
     pseudo = args.pseudo_queries or DEFAULT_PSEUDO_QUERIES
     per_document = args.sentences_per_doc or None

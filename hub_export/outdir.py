@@ -9,7 +9,6 @@ equals or lies inside one of the inputs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,13 +16,10 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from hub_export.folder import read_json
+from hub_export.folder import BUILD_RECORD as RECORD
+from hub_export.folder import LATER_FILES, read_json, write_json
 
 logger = logging.getLogger(__name__)
-
-RECORD = ".concat-embed-build.json"
-# Written into a built folder later by other commands of this tool (and so removable by a rebuild).
-LATER_FILES = ("verification.json", "README.md")
 
 
 def _files_under(folder: Path) -> list[str]:
@@ -100,7 +96,7 @@ def staging_folder(output: Path) -> Path:
 
 def commit_output(staging: Path, output: Path) -> Path:
     """Record the staged files, remove the previous write's recorded files, move the staging folder in place."""
-    (staging / RECORD).write_text(json.dumps({"files": _files_under(staging)}, indent=1) + "\n", encoding="utf-8")
+    write_json(staging / RECORD, {"files": _files_under(staging)})
     if output.is_dir():
         for name in set(recorded_files(output) or []) | set(LATER_FILES) | {RECORD}:
             path = output / name
@@ -168,7 +164,7 @@ def add_files(folder: Path, staged: Path) -> list[str]:
     names = _files_under(staged)
     check_addable(folder, names)
     record = {"files": sorted(set(recorded_files(folder) or []) | set(names))}
-    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    write_json(folder / RECORD, record)
     for name in names:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged / name, folder / name)

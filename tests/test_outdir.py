@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hub_export.folder import BUILD_RECORD as RECORD
 from hub_export.folder import model_files
-from hub_export.outdir import RECORD
 from hub_export.publish import build as build_module
 from hub_export.publish.build import PartOptions, build_model
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -75,8 +74,9 @@ def positive_float(raw: str) -> float:
 def write_json_output(path: str | None, data: object) -> None:
     """Write ``data`` as indented JSON to ``path`` (the ``--json`` option) when it is given."""
     if path:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
+        from hub_export.folder import write_json
+
+        write_json(path, data)
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from hub_export.cli.options import limit_int, positive_int, split_assignment, write_json_output
 
@@ -33,16 +32,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.folder import read_json
-    from hub_export.quality.compress import COMPRESSION_FILE, int8_ranges
+    from hub_export.folder import compressed_dims, int8_ranges
     from hub_export.quality.evaluation import evaluate_model, format_table
     from hub_export.runtime.devices import check_devices
 
     check_devices([args.device])
     model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
-    record = Path(args.model) / COMPRESSION_FILE  # a compressed folder: rows per Matryoshka dimension
-    dims = read_json(record).get("dims") if record.is_file() else None
-    ranges = {dim: int8_ranges(Path(args.model), dim) for dim in dims or []}
+    dims = compressed_dims(args.model) or None  # a compressed folder: rows per Matryoshka dimension
+    ranges = {dim: int8_ranges(args.model, dim) for dim in dims or []}
     rows = evaluate_model(
         model, sts=args.sts, beir=args.beir, limit=args.limit, batch_size=args.batch_size, matryoshka_dims=dims,
         progress=True, int8_ranges={dim: r for dim, r in ranges.items() if r is not None},

@@ -14,6 +14,7 @@ import torch
 from torch.nn.functional import normalize
 
 from hub_export.demo.parts import L3_DIST, L6_DIST, demo_parts
+from hub_export.folder import is_combined
 from hub_export.publish.build import MODELING_FILE, build_model
 from hub_export.quality.evaluation import part_views
 
@@ -43,7 +44,7 @@ def demo_model_dir(cache_dir: str | Path | None = None, rebuild: bool = False) -
         "|".join([metadata.version(L6_DIST), metadata.version(L3_DIST), MODELING_FILE.read_text()]).encode()
     ).hexdigest()[:12]
     model_dir = cache / f"demo-{key}" / "model"
-    if rebuild or not (model_dir / "concat_config.json").is_file():
+    if rebuild or not is_combined(model_dir):
         build_model(demo_parts(model_dir.parent), model_dir)
     return model_dir
 

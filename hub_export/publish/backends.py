@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import shutil
@@ -26,10 +25,17 @@ from typing import Any
 import numpy as np
 
 from hub_export.data import load_sts, read_corpus_texts
-from hub_export.folder import check_model_folder, read_json
+from hub_export.folder import (
+    BACKENDS_FILE,
+    CONFIG_FILE,
+    VERIFICATION_FILE,
+    check_model_folder,
+    exported_files,
+    read_json,
+    write_json,
+)
 from hub_export.modeling import (
     BACKEND_DEFAULT_FILES,
-    CONFIG_FILE,
     ONNX_INT8_FILES,
     OPENVINO_INT8_FILE,
     ExportedTransformer,
@@ -42,7 +48,6 @@ from hub_export.vectors import cosine_rows, unit_rows
 
 logger = logging.getLogger(__name__)
 
-BACKENDS_FILE = "backends.json"
 FP32_TOLERANCE = 1e-4
 # Texts of every length class, incl. one past the token limit, for the fp32 check and the default calibration.
 PROBES = [
@@ -264,23 +269,11 @@ def export_backends(
                 entry["sts_change"] = measured["sts"] - reference["sts"]
             record["files"][name] = entry
             logger.info("%s: max |diff| %.2e%s", name, diff, f", STS {entry.get('sts_change', 0):+.2f}")
-        record["files"] = previous_files(model_dir) | record["files"]
-        (staging / BACKENDS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        record["files"] = exported_files(model_dir) | record["files"]
+        write_json(staging / BACKENDS_FILE, record)
         add_files(model_dir, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if (model_dir / "verification.json").is_file():
+    if (model_dir / VERIFICATION_FILE).is_file():
         logger.warning("export-backends added files to %s: run `concat-embed verify` again before push", model_dir)
     return record
-
-
-def previous_files(model_dir: Path) -> dict[str, Any]:
-    """The file entries of an earlier ``backends.json`` in ``model_dir`` (kept when other files are added)."""
-    path = model_dir / BACKENDS_FILE
-    if not path.is_file():
-        return {}
-    record = read_json(path)
-    files = record.get("files") if isinstance(record, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
-        raise ValueError(f"{path}: 'files' must be an object of file entries")
-    return files

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -13,6 +12,7 @@ import sentence_transformers
 import torch
 import transformers
 
+from hub_export.folder import MODULES_FILE, REMOTE_CODE_FILE, ST_CONFIG_FILE, write_json
 from hub_export.modeling import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -150,15 +150,15 @@ def write_model_folder(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     concat.save(str(output_dir))
-    shutil.copyfile(MODULES_TEMPLATE, output_dir / "modules.json")
-    shutil.copyfile(MODELING_FILE, output_dir / "modeling.py")
+    shutil.copyfile(MODULES_TEMPLATE, output_dir / MODULES_FILE)
+    shutil.copyfile(MODELING_FILE, output_dir / REMOTE_CODE_FILE)
     versions = {
         "sentence_transformers": sentence_transformers.__version__,
         "transformers": transformers.__version__,
         "pytorch": torch.__version__,
     }
     config = {"__version__": versions, "prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
-    (output_dir / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(output_dir / ST_CONFIG_FILE, config)
     if supports_auto_model(concat):
         transformer = concat.pipelines[0][0]
         transformer.tokenizer.model_max_length = transformer.max_seq_length
@@ -169,7 +169,7 @@ def write_model_folder(
             "auto_map": AUTO_MAP,
             "hidden_size": concat.get_embedding_dimension(),
         }
-        (output_dir / "config.json").write_text(json.dumps(auto_config, indent=2) + "\n")
+        write_json(output_dir / "config.json", auto_config)
     write_card(output_dir, name)
     logger.info("Wrote %s (%d parts, %d dims)", output_dir, len(concat.specs), concat.get_embedding_dimension())
     return output_dir

@@ -5,23 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hub_export.folder import check_model_folder, content_hash, model_files, read_json
+from hub_export.folder import check_model_folder, check_verified, model_files
 from hub_export.publish.card import write_card
 from hub_export.publish.sources import check_repo_id
 
 logger = logging.getLogger(__name__)
-
-
-def check_verified(model_dir: Path) -> None:
-    """Raise unless ``verification.json`` says the folder, as it is now, passed ``verify``."""
-    record_path = model_dir / "verification.json"
-    if not record_path.is_file():
-        raise ValueError(f"{model_dir} is not verified: run `concat-embed verify {model_dir}` (or pass --skip-verify)")
-    record = read_json(record_path)
-    if not isinstance(record, dict) or record.get("passed") is not True:
-        raise ValueError(f"{model_dir} failed verification; fix it or pass --skip-verify")
-    if record.get("content_sha256") != content_hash(model_dir):
-        raise ValueError(f"{model_dir} changed since it was verified: run `concat-embed verify {model_dir}` again")
 
 
 def push_model(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hub_export.folder import PICKLE_PATTERNS, read_json
+from hub_export.folder import CARD_FILE, MODULES_FILE, PICKLE_PATTERNS, read_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,7 +52,7 @@ def check_repo_id(repo_id: str) -> None:
 
 def read_card_license(folder: Path) -> str | None:
     """The ``license:`` of a model card's YAML front matter, if any."""
-    card = folder / "README.md"
+    card = folder / CARD_FILE
     if not card.is_file():
         return None
     text = card.read_text(encoding="utf-8", errors="replace")
@@ -107,7 +107,7 @@ def resolve_source(
 
 def weights_folder(folder: Path) -> Path:
     """The folder whose weights a part's Transformer loads: the first module of a sentence-transformers folder."""
-    modules_path = folder / "modules.json"
+    modules_path = folder / MODULES_FILE
     if not modules_path.is_file():
         return folder
     modules = read_json(modules_path)
@@ -167,7 +167,7 @@ def load_source(path: str | Path, pooling: str | None = None, trust_remote_code:
     path = Path(path)
     if pooling is not None and pooling not in POOLING_MODES:
         raise ValueError(f"{path}: unknown pooling {pooling!r}; valid modes: {list(POOLING_MODES)}")
-    if (path / "modules.json").is_file():
+    if (path / MODULES_FILE).is_file():
         modules = list(SentenceTransformer(str(path), device="cpu", trust_remote_code=trust_remote_code))
         names = [type(module).__name__ for module in modules]
         if len(modules) < 2 or names[0] != "Transformer" or names[1] != "Pooling":

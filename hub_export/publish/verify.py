@@ -8,7 +8,6 @@ plain sentence-transformers model; it writes ``verification.json`` into DIR.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -20,10 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.folder import check_model_folder, content_hash, read_json
+from hub_export.folder import (
+    CONFIG_FILE,
+    ST_CONFIG_FILE,
+    VERIFICATION_FILE,
+    check_model_folder,
+    content_hash,
+    read_json,
+    read_projection,
+    write_json,
+)
 from hub_export.publish.card import diff_cell, write_card
-from hub_export.quality.compress import project, read_projection
-from hub_export.vectors import unit_rows
+from hub_export.vectors import project, unit_rows
 
 PROBES = [
     "what is snowflake?",
@@ -46,8 +53,8 @@ def reference_embeddings(model_dir: Path) -> tuple[dict[str, np.ndarray], list[t
     """
     from sentence_transformers import SentenceTransformer
 
-    config = read_json(model_dir / "concat_config.json")
-    prompts = read_json(model_dir / "config_sentence_transformers.json").get("prompts", {})
+    config = read_json(model_dir / CONFIG_FILE)
+    prompts = read_json(model_dir / ST_CONFIG_FILE).get("prompts", {})
     blocks: dict[str, list[np.ndarray]] = {task: [] for task in TASKS}
     views, start = [], 0
     for part in config["parts"]:
@@ -158,7 +165,7 @@ def run_verification(model_dir: str | Path, tolerance: float | None = None) -> d
             f"verification of {model_dir} failed: {lines[-1] if lines else f'exit code {run.returncode}'} "
             "(run with -v for the child's log)"
         )
-    record = read_json(model_dir / "verification.json")
+    record = read_json(model_dir / VERIFICATION_FILE)
     write_card(model_dir)
     return record
 
@@ -181,7 +188,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     args = parser.parse_args()
     record = compute_verification(args.model_dir, check_tolerance(args.tolerance))
-    (args.model_dir / "verification.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.model_dir / VERIFICATION_FILE, record)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ sha256), the dimensions and the measured similarity fidelity per dimension.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -28,19 +27,28 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.folder import check_model_folder, file_sha256, model_files, read_json
+from hub_export.folder import (
+    AUTO_MODEL_FILES,
+    COMPRESSION_FILE,
+    DENSE_DIR,
+    LATER_FILES,
+    MODULES_FILE,
+    NORMALIZE_DIR,
+    check_model_folder,
+    file_sha256,
+    is_compressed,
+    model_files,
+    read_json,
+    write_json,
+)
 from hub_export.outdir import check_output, write_whole
-from hub_export.vectors import unit_rows
+from hub_export.vectors import project, unit_rows
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("pca", "trained")
 DEFAULT_PSEUDO_QUERIES = "sentences"  # chosen on SciFact train queries + STS-B dev (README)
 TRAINING_DRAWS = 100_000  # anchors seen in training by default (--epochs unset): ~400 steps of 256
-COMPRESSION_FILE = "compression.json"
-DENSE_DIR, NORMALIZE_DIR = "1_Dense", "2_Normalize"
-# The AutoModel route returns the concatenation without the projection: not offered for compressed models.
-AUTO_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 def parse_dims(dims: Sequence[int], full: int) -> list[int]:
@@ -158,12 +166,6 @@ def train_projection(
     return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
 
 
-def project(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int | None = None) -> np.ndarray:
-    """What the compressed model outputs: ``normalize(W x + b)``, cut to ``dim`` and re-normalized."""
-    out = unit_rows(np.asarray(vectors, dtype=np.float64) @ weight.T.astype(np.float64) + bias)
-    return unit_rows(out[:, :dim]) if dim is not None else out
-
-
 def fidelity(full: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: Sequence[int]) -> dict[str, float]:
     """Per dimension: Pearson correlation of pairwise cosines (compressed vs full) over the given vectors."""
     units = unit_rows(np.asarray(full, dtype=np.float64))
@@ -200,7 +202,7 @@ def training_epochs(anchors: int) -> int:
 def check_source_model(model_dir: Path) -> None:
     """Refuse what is not an uncompressed combined model folder."""
     check_model_folder(model_dir)
-    if (model_dir / COMPRESSION_FILE).is_file():
+    if is_compressed(model_dir):
         raise ValueError(
             f"{model_dir} is already compressed ({COMPRESSION_FILE}); compress its uncompressed source instead "
             "(projections are not composed)"
@@ -299,73 +301,23 @@ def write_compressed_folder(
     from hub_export.publish.card import write_card
 
     for relative in model_files(model_dir):
-        if relative in AUTO_MODEL_FILES or relative in ("verification.json", "README.md"):
+        if relative in AUTO_MODEL_FILES or relative in LATER_FILES:
             continue
         (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_dir / relative, output_dir / relative)
-    modules = read_json(model_dir / "modules.json")
+    modules = read_json(model_dir / MODULES_FILE)
     modules = [modules[0]] + [
         {"idx": 1, "name": "1", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"},
         {"idx": 2, "name": "2", "path": NORMALIZE_DIR, "type": "sentence_transformers.models.Normalize"},
     ]
-    (output_dir / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    write_json(output_dir / MODULES_FILE, modules)
     dense = output_dir / DENSE_DIR
     dense.mkdir()
     dense_config = {"in_features": weight.shape[1], "out_features": weight.shape[0], "bias": True,
                     "activation_function": "torch.nn.modules.linear.Identity"}  # fmt: skip
-    (dense / "config.json").write_text(json.dumps(dense_config, indent=2) + "\n")
+    write_json(dense / "config.json", dense_config)
     save_file({"linear.weight": np.ascontiguousarray(weight, np.float32), "linear.bias": bias.astype(np.float32)},
               str(dense / "model.safetensors"))  # fmt: skip
     (output_dir / NORMALIZE_DIR).mkdir()
-    (output_dir / COMPRESSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_json(output_dir / COMPRESSION_FILE, record)
     write_card(output_dir, name)
-
-
-def read_projection(model_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The stored ``(W, b)`` of a compressed folder, or None for an uncompressed one."""
-    if not (model_dir / COMPRESSION_FILE).is_file():
-        return None
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(model_dir / DENSE_DIR / "model.safetensors"))
-    return tensors["linear.weight"].astype(np.float64), tensors["linear.bias"].astype(np.float64)
-
-
-def calibrate_compressed(model_dir: Path, embeddings: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Store whole-vector per-dimension int8 ranges, one set per Matryoshka dimension, in ``compression.json``.
-
-    Each dimension ``k``'s ranges are taken over the sample cut to ``k`` dims and re-normalized
-    (what is stored at that size). Returns ``{"<k>d": {"int8": {"low", "high", "dims"}}}`` (the
-    extreme ends, for display).
-    """
-    from hub_export.quality.codes import dimension_ranges
-
-    path = model_dir / COMPRESSION_FILE
-    record = read_json(path)
-    ranges, summary = {}, {}
-    for dim in record["dims"]:
-        low, high = dimension_ranges(unit_rows(embeddings[:, :dim]))
-        ranges[str(dim)] = {"low": low.tolist(), "high": high.tolist()}
-        summary[f"{dim}d"] = {"int8": {"low": float(low.min()), "high": float(high.max()), "dims": dim}}
-    record["int8_ranges"] = ranges | {"texts": len(embeddings)}
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return summary
-
-
-def int8_ranges(model_dir: Path, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The calibrated ``(low, high)`` of a compressed folder at Matryoshka dimension ``dim``, or None.
-
-    Raises:
-        ValueError: If the stored ranges are not ``dim`` finite numbers each with low <= high.
-    """
-    path = model_dir / COMPRESSION_FILE
-    entry = (read_json(path).get("int8_ranges") or {}).get(str(dim)) if path.is_file() else None
-    if entry is None:
-        return None
-    try:
-        low, high = np.asarray(entry["low"], dtype=np.float64), np.asarray(entry["high"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError):
-        low = high = np.empty(0)
-    if low.shape != (dim,) or high.shape != (dim,) or not np.isfinite([low, high]).all() or (low > high).any():
-        raise ValueError(f"{path}: int8_ranges[{dim!r}] must hold {dim} finite low <= high values; run calibrate again")
-    return low, high

@@ -12,12 +12,13 @@ sentence-transformers model can be served), ``auto`` keeps the model's own weigh
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hub_export.folder import part_folders
 
 BACKEND_CHOICES = ("auto", "torch", "onnx", "openvino")
 QUANTIZATION_CHOICES = ("auto", "none", "int8-dynamic")
@@ -51,19 +52,6 @@ def loaded_label(model: Any) -> str:
     return f"torch+{quantization}" if quantization else "torch"
 
 
-def _concat_parts(model: str) -> list[str] | None:
-    """The part folders of a local combined model, or None for anything else (a Hub id, a plain model)."""
-    folder = Path(model)
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        config = json.loads((folder / "concat_config.json").read_text(encoding="utf-8"))
-        if not (isinstance(modules, list) and modules and modules[0].get("type") == "modeling.ConcatEmbedding"):
-            return None
-        return [part["subfolder"] for part in config["parts"]]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
 def choose_runtime(model: str, backend: str = "auto", quantization: str = "auto") -> Runtime:
     """Resolve the CLI's ``--backend`` and ``--quantization`` for ``model`` on this machine.
 
@@ -75,7 +63,7 @@ def choose_runtime(model: str, backend: str = "auto", quantization: str = "auto"
         raise ValueError(f"--backend {backend!r}: expected one of {list(BACKEND_CHOICES)}")
     if quantization not in QUANTIZATION_CHOICES:
         raise ValueError(f"--quantization {quantization!r}: expected one of {list(QUANTIZATION_CHOICES)}")
-    parts = _concat_parts(model)
+    parts = part_folders(model)
     if parts is None:  # not a local combined model: only what sentence-transformers itself understands
         if quantization == "int8-dynamic" or backend in ("onnx", "openvino"):
             raise ValueError(

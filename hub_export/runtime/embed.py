@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
-from hub_export.folder import file_sha256, read_json
+from hub_export.folder import file_sha256, int8_ranges, read_json, write_json
 from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
 from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.runtime.devices import check_devices
@@ -253,8 +253,6 @@ class _Encoder:
         )
         self.layouts, self.ranges = None, None
         if job.dtype == "int8" and len(self.model) > 1:  # compressed: whole-vector per-dimension ranges
-            from hub_export.quality.compress import int8_ranges
-
             self.ranges = int8_ranges(Path(job.model), self.dimension)
             if self.ranges is None:
                 raise ValueError(f"{job.model} is compressed and has no int8 ranges: run `concat-embed calibrate`")
@@ -408,7 +406,7 @@ def _run_locked(job: EmbedJob, output: Path, progress: bool, clock: Callable[[],
 
             for index, ids, texts in iter_shards(job, reject):
                 if not manifest_path.is_file():
-                    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+                    write_json(manifest_path, manifest)
                 counts["shards"] += 1
                 path = shard_path(output, index)
                 if path.is_file():

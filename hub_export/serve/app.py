@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,8 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from hub_export.folder import read_json
-from hub_export.quality.compress import COMPRESSION_FILE
+from hub_export.folder import compressed_dims
 from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.serve.batcher import DynamicBatcher
 from hub_export.serve.requests import (
@@ -218,10 +216,8 @@ def load_embedder(model: str, runtime: Runtime | None = None, max_batch_tokens: 
     runtime = runtime or Runtime()
     loaded = SentenceTransformer(model, trust_remote_code=True, **runtime.load_kwargs())
     logger.info("serving %s on %s", model, loaded_label(loaded))
-    record = Path(model) / COMPRESSION_FILE  # a compressed folder's Matryoshka dimensions
-    dims = read_json(record).get("dims", []) if record.is_file() else []
     limits_ = Limits(max_batch_tokens=max_batch_tokens, **limits)
-    return Embedder(loaded, model_id=model, limits=limits_, recorded_dims=[d for d in dims if isinstance(d, int)])
+    return Embedder(loaded, model_id=model, limits=limits_, recorded_dims=compressed_dims(model))
 
 
 def bound_socket(host: str, port: int) -> socket.socket:

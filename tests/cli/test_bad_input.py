@@ -206,7 +206,7 @@ CLI_CASES = [
     ("export-int8-for", lambda f: ["export-backends", str(f.model), "--int8", "--int8-for", "sse2"], 2, "--int8-for 'sse2': expected one of ['avx512_vnni', 'avx512', 'avx2', 'arm64']"),
     ("export-not-a-model", lambda f: ["export-backends", str(f.no_model)], 2, "not a combined model folder (no concat_config.json)"),
     ("calibrate-not-a-model", lambda f: ["calibrate", str(f.no_model), "--corpus", str(f.root / "corpus.jsonl")], 2, "not a combined model folder (no concat_config.json)"),
-    ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: --dims does not apply"),
+    ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: dims do not apply"),
 ]  # fmt: skip
 
 

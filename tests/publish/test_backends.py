@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from hub_export import modeling
+from hub_export.folder import BUILD_RECORD as RECORD
 from hub_export.folder import model_files
-from hub_export.outdir import RECORD
 from hub_export.publish.backends import BACKENDS_FILE, export_backends
 from tests.constants import DATA
 from tests.tiny_models import built_model_reference

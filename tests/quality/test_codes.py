@@ -149,7 +149,8 @@ def test_calibrate_refuses_a_folder_whose_modeling_py_predates_code_ranges(built
     folder = tmp_path / "model"
     shutil.copytree(built_model, folder)
     modeling = folder / "modeling.py"
-    modeling.write_text(modeling.read_text().replace("code_ranges", "quantization"))
+    old = modeling.read_text().replace("code_ranges", "quantization").replace("MODELING_VERSION = 2\n", "")
+    modeling.write_text(old)  # as modeling.py was before it read code_ranges (and had no version line)
     before = (folder / "concat_config.json").read_text()
     with pytest.raises(ValueError, match=r"modeling.py is from an older concat-embed .* rebuild the folder"):
         calibrate_folder(folder, tmp_path / "unused.txt", limit=5)

@@ -256,13 +256,13 @@ def test_calibrate_stores_whole_vector_ranges_per_matryoshka_dim(compressed, cor
     import shutil
 
     from hub_export.data import read_corpus_texts
+    from hub_export.folder import int8_ranges
     from hub_export.quality.calibrate import calibrate_folder
     from hub_export.quality.codes import decode_dimension_codes
-    from hub_export.quality.compress import int8_ranges
     from hub_export.runtime.embed import EmbedJob, run_embed
 
     folder = Path(shutil.copytree(compressed, tmp_path / "model"))
-    with pytest.raises(ValueError, match="is compressed: --dims does not apply"):
+    with pytest.raises(ValueError, match="is compressed: dims do not apply"):
         calibrate_folder(folder, corpus, dims={"alpha": 4})
     records = tmp_path / "docs.jsonl"
     records.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS[:3])))
