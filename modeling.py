@@ -8,6 +8,7 @@ transformers and sentence-transformers, and works with sentence-transformers 5.x
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib
 import json
 import logging
@@ -15,8 +16,9 @@ import math
 import os
 import platform
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,7 @@ _OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "mpnet", "longf
 # On CPU a batch runs in row chunks whose widest activation stays below this many bytes, which
 # bounds activation memory and drops each chunk's trailing padding. 12 MiB (2048 tokens of a
 # 1536-wide feed-forward) was as fast as any size tried on 2 cores; glibc may still return freed
-# memory between passes (README, Speed: the malloc setting of embedding processes).
+# memory between passes (concat-embed's embedding processes turn that off with mallopt).
 CPU_CHUNK_BYTES = 12 * 2**20
 _CLASSIC_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",
@@ -412,7 +414,7 @@ def native_bf16(flags: set[str] | None = None) -> bool:
 def auto_quantization(family: str | None, cuda: bool) -> str | None:
     """The torch weight quantization ``quantization="auto"`` picks: int8 on a CPU with an int8 family, else none.
 
-    Measured (README, Speed): dynamic int8 beat fp32 on AVX2-only and on AVX-512 VNNI CPUs; on
+    Measured with concat-embed's benchmarks: dynamic int8 beat fp32 on AVX2-only and on AVX-512 VNNI CPUs; on
     CUDA the model keeps its weights (the GPU paths are fp32 / fp16).
     """
     engines = set(torch.backends.quantized.supported_engines)
@@ -425,7 +427,7 @@ class CpuShare:
     """How many cores other processes leave free, from ``/proc/stat`` (Linux; elsewhere: all of them).
 
     torch's OpenMP threads wait for each other at every operator; when another process holds a
-    core, a descheduled thread stalls the whole team (measured, README Speed: 2 threads with two
+    core, a descheduled thread stalls the whole team (measured on 2 cores: 2 threads with two
     busy-loop processes ran 6x slower than idle, 1 thread 1.6x). ``threads(ceiling)`` returns the
     ceiling on an idle machine and fewer threads while other processes keep cores busy, judged
     from the CPU time the machine spent outside this process since the last sample.
@@ -463,6 +465,45 @@ class CpuShare:
             self._last = sample
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, min(ceiling, round(cores - self._others)))
+
+
+class ThreadBudget:
+    """Lowers torch's thread count for the forward passes that run now, and puts it back after each.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP count and the process-wide default
+    that other threads take when they first run torch, so two models running in two threads of
+    one process share one setting: a pass that starts while another has lowered it would read the
+    lowered count as the one to restore, and leave its thread (and threads started later) with
+    fewer threads for good. Here the first pass to start records the count it finds (the ceiling);
+    every pass, also one that starts while others run, lowers its own thread's count below that
+    ceiling and restores the ceiling when it ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._ceiling = 1
+
+    @contextlib.contextmanager
+    def lowered(self, threads_for: Callable[[int], int]) -> Iterator[None]:
+        """Run the body with ``threads_for(ceiling)`` torch threads (at most the ceiling)."""
+        with self._lock:
+            if self._active == 0:
+                self._ceiling = torch.get_num_threads()
+            self._active += 1
+            threads = max(1, min(self._ceiling, threads_for(self._ceiling)))
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if torch.get_num_threads() != self._ceiling:
+                    torch.set_num_threads(self._ceiling)
+
+
+THREAD_BUDGET = ThreadBudget()  # one per process: the setting it guards is one per process
 
 
 def backend_file(backend: str, file_name: Any) -> str:
@@ -526,7 +567,8 @@ class ExportedTransformer(nn.Module):
         """The OpenVINO model compiled for ``threads`` threads (compiled on first use, then kept).
 
         OpenVINO's thread count is fixed at compile time; on a busy machine one thread kept more
-        of its idle rate than two (README Speed), so a 1-thread copy is compiled when CpuShare asks.
+        of its idle rate than two (measured: 1 thread kept 50% of the idle rate, 2 threads 30-35%), so a 1-thread
+        copy is compiled when CpuShare asks.
         """
         if threads not in self._compiled:
             properties = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
@@ -680,6 +722,80 @@ def load_part(
     return nn.Sequential(*modules)
 
 
+def runtime_options(model_kwargs: dict[str, Any], backend: Any) -> dict[str, Any]:
+    """Take this module's runtime options out of ``model_kwargs`` (in place) and check them.
+
+    ``quantization`` (``None`` | ``"auto"`` | ``"int8-dynamic"``), and for ``backend="onnx"`` /
+    ``"openvino"`` sentence-transformers' ``file_name`` and ``provider``. ``"auto"`` resolves
+    from this CPU's capabilities; bf16 weights on a CPU-only machine without native bf16
+    are refused with a warning (they would run several times slower) and fp32 is kept.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend = {backend!r}: expected one of {list(BACKENDS)}")
+    quantization = model_kwargs.pop("quantization", None)
+    if quantization not in WEIGHT_QUANTIZATION:
+        valid = list(WEIGHT_QUANTIZATION)
+        raise ValueError(f"model_kwargs quantization = {quantization!r}: expected one of {valid}")
+    file_name, provider = model_kwargs.pop("file_name", None), model_kwargs.pop("provider", None)
+    if model_kwargs.pop("export", False):
+        raise ValueError("model_kwargs export = True: export the parts with `concat-embed export-backends MODEL`")
+    cuda = torch.cuda.is_available()
+    if backend == "torch":
+        if file_name is not None or provider is not None:
+            raise ValueError("model_kwargs file_name / provider apply to backend='onnx' or 'openvino'")
+        if quantization == "auto":
+            quantization = auto_quantization(cpu_family(), cuda)
+            logger.info("quantization='auto' on this machine: %s", quantization)
+        dtype_key = next((key for key in ("dtype", "torch_dtype") if key in model_kwargs), None)
+        dtype = model_kwargs.get(dtype_key) if dtype_key else None
+        if dtype in (torch.bfloat16, "bfloat16") and not cuda and not native_bf16():
+            logger.warning(
+                "bf16 weights asked for, but this CPU has no native bf16 (no avx512_bf16 / amx_bf16): every "
+                "matrix product would be emulated, several times slower; keeping float32. Ask for "
+                "model_kwargs={'quantization': 'auto'} for this CPU's fast path."
+            )
+            model_kwargs.pop(dtype_key)
+    else:
+        if quantization == "int8-dynamic":
+            example = OPENVINO_INT8_FILE if backend == "openvino" else ONNX_INT8_FILES["avx2"]
+            raise ValueError(
+                f"model_kwargs quantization = 'int8-dynamic' applies to backend='torch'; with backend={backend!r} "
+                f"load an int8 file (model_kwargs file_name, e.g. {example!r}) or quantization='auto'"
+            )
+        if file_name is not None:
+            file_name = backend_file(backend, file_name)
+    return {"backend": backend, "quantization": quantization, "file_name": file_name, "provider": provider}
+
+
+def auto_backend_file(
+    model_name_or_path: str,
+    subfolder: str,
+    specs: list[PartSpec],
+    hub_kwargs: dict[str, Any],
+    backend: str,
+    auto: bool,
+) -> str:
+    """The file a backend loads when none is named: with ``quantization="auto"`` the int8 file for
+    this CPU when every part has one (ONNX: by CPU family; OpenVINO: on CPUs with VNNI), else fp32."""
+    family = cpu_family()
+    if backend == "onnx":
+        candidate = ONNX_INT8_FILES.get(family or "")
+    else:
+        candidate = OPENVINO_INT8_FILE if family == "avx512_vnni" else None
+    if (
+        auto
+        and candidate
+        and all(
+            InputModule.load_file_path(
+                model_name_or_path, candidate, subfolder=Path(subfolder, spec.subfolder).as_posix(), **hub_kwargs
+            )
+            for spec in specs
+        )
+    ):
+        return candidate
+    return BACKEND_DEFAULT_FILES[backend]
+
+
 # --- The sentence-transformers module ---
 
 
@@ -798,7 +914,7 @@ class ConcatEmbedding(InputModule):
         parts = ", ".join(f"{spec.name}={spec.output_dimension}d/{spec.pooling}" for spec in self.specs)
         return f"ConcatEmbedding({parts}, normalize_output={self.normalize_output})"
 
-    def part_prompt(self, index: int, prompt: str | None, task: str | None = None) -> str | None:
+    def prompt_text_for_part(self, index: int, prompt: str | None, task: str | None = None) -> str | None:
         """The prompt text that part ``index`` receives for a resolved model-wide ``prompt``.
 
         sentence-transformers hands modules only the prompt text; the prompt name is recovered
@@ -842,7 +958,7 @@ class ConcatEmbedding(InputModule):
         tokenized: dict[tuple[str, str | None], dict[str, Tensor]] = {}
         per_part: dict[int, dict[str, Tensor]] = {}
         for index in sorted(range(len(self.pipelines)), key=lambda i: -self.pipelines[i][0].max_seq_length):
-            transformer, part_prompt = self.pipelines[index][0], self.part_prompt(index, prompt, task)
+            transformer, part_prompt = self.pipelines[index][0], self.prompt_text_for_part(index, prompt, task)
             key = (self._fingerprints[index], part_prompt)
             shared = tokenized.get(key)
             if shared is None or shared["input_ids"].shape[-1] > transformer.max_seq_length:
@@ -892,28 +1008,24 @@ class ConcatEmbedding(InputModule):
         return outputs
 
     def forward(self, features: dict[str, Tensor], **kwargs) -> dict[str, Tensor]:
-        """Run every part, shape its unit vector and write the concatenation to ``sentence_embedding``."""
+        """Run every part, shape its unit vector and write the concatenation to ``sentence_embedding``.
+
+        On CPU with torch, the pass runs with as many torch threads as other processes leave cores
+        free (:class:`CpuShare`): torch's OpenMP threads wait for each other at every operator, so a
+        thread descheduled by another process stalls the whole team (measured on 2 cores with two
+        busy-loop processes: 2 threads ran 6x slower than idle, 1 thread 1.6x). torch's thread count
+        is shared by the threads of a process; :data:`THREAD_BUDGET` lowers it for each pass and puts
+        back the count the first running pass found, also when models run in several threads at once.
+        ``adaptive_threads = False`` keeps torch's setting as it is.
+        """
         on_cuda = features["part0.input_ids"].is_cuda and len(self.pipelines) > 1
         if on_cuda:
             outputs = self._embed_parts_on_streams(features)
+        elif self.adaptive_threads and self.backend == "torch" and not features["part0.input_ids"].is_cuda:
+            with THREAD_BUDGET.lowered(self._cpu_share.threads):
+                outputs = self._embed_parts_on_cpu(features)
         else:
-            ceiling = torch.get_num_threads()
-            adapt = self.adaptive_threads and self.backend == "torch" and not features["part0.input_ids"].is_cuda
-            threads = self._cpu_share.threads(ceiling) if adapt else ceiling
-            if threads != ceiling:
-                torch.set_num_threads(threads)
-            try:
-                if self.backend != "torch" and len(self.pipelines) > 1:  # runtimes release the GIL: overlap parts
-                    outputs = list(
-                        self._part_pool().map(
-                            lambda index: self._embed_part(index, features), range(len(self.pipelines))
-                        )
-                    )
-                else:
-                    outputs = [self._embed_part(index, features) for index in range(len(self.pipelines))]
-            finally:
-                if threads != ceiling:
-                    torch.set_num_threads(ceiling)
+            outputs = self._embed_parts_on_cpu(features)
         for index, output in enumerate(outputs):
             features[f"part{index}.sentence_embedding"] = output
         embedding = torch.cat(outputs, dim=-1)
@@ -921,6 +1033,14 @@ class ConcatEmbedding(InputModule):
             embedding = F.normalize(embedding, p=2, dim=-1)
         features["sentence_embedding"] = embedding
         return features
+
+    def _embed_parts_on_cpu(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """Every part's shaped vector; an exported runtime's parts run side by side (the runtimes release the GIL)."""
+        if self.backend != "torch" and len(self.pipelines) > 1:
+            return list(
+                self._part_pool().map(lambda index: self._embed_part(index, features), range(len(self.pipelines)))
+            )
+        return [self._embed_part(index, features) for index in range(len(self.pipelines))]
 
     def _part_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads that run the parts of an exported backend side by side (made on first use)."""
@@ -932,7 +1052,7 @@ class ConcatEmbedding(InputModule):
         """CPU fast path: dynamic int8 quantization (per-channel weights) of every part's Linear layers, in place.
 
         Chosen at load time with ``model_kwargs={"quantization": "int8-dynamic"}``. Outputs move
-        slightly (measured STS-B change in the README); a quantized model cannot be saved.
+        slightly (STS-B Spearman -0.4 on the MiniLM pair measured by concat-embed); a quantized model cannot be saved.
         """
         if self.backend != "torch":
             raise ValueError(f"int8-dynamic quantizes torch weights; this model runs backend={self.backend!r}")
@@ -945,7 +1065,7 @@ class ConcatEmbedding(InputModule):
             )
         self.quantization = "int8-dynamic"
 
-    def part_prompts(self, index: int) -> dict[str, str]:
+    def prompts_of_part(self, index: int) -> dict[str, str]:
         """Effective prompts of part ``index``: the model-wide prompts with its overrides applied."""
         return dict(self.model_prompts) | self.specs[index].prompts
 
@@ -955,83 +1075,8 @@ class ConcatEmbedding(InputModule):
             loaded = f"quantization={self.quantization!r}" if self.quantization else f"backend={self.backend!r}"
             raise ValueError(f"cannot save a model loaded with {loaded}; load it without")
         for index, (spec, pipeline) in enumerate(zip(self.specs, self.pipelines)):
-            save_part(pipeline, os.path.join(output_path, spec.subfolder), self.part_prompts(index))
+            save_part(pipeline, os.path.join(output_path, spec.subfolder), self.prompts_of_part(index))
         self.save_config(output_path)
-
-    @staticmethod
-    def _runtime_options(model_kwargs: dict[str, Any], backend: Any) -> dict[str, Any]:
-        """Take this module's runtime options out of ``model_kwargs`` (in place) and check them.
-
-        ``quantization`` (``None`` | ``"auto"`` | ``"int8-dynamic"``), and for ``backend="onnx"`` /
-        ``"openvino"`` sentence-transformers' ``file_name`` and ``provider``. ``"auto"`` resolves
-        from this CPU's capabilities; bf16 weights on a CPU-only machine without native bf16
-        are refused with a warning (they would run several times slower) and fp32 is kept.
-        """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend = {backend!r}: expected one of {list(BACKENDS)}")
-        quantization = model_kwargs.pop("quantization", None)
-        if quantization not in WEIGHT_QUANTIZATION:
-            valid = list(WEIGHT_QUANTIZATION)
-            raise ValueError(f"model_kwargs quantization = {quantization!r}: expected one of {valid}")
-        file_name, provider = model_kwargs.pop("file_name", None), model_kwargs.pop("provider", None)
-        if model_kwargs.pop("export", False):
-            raise ValueError("model_kwargs export = True: export the parts with `concat-embed export-backends MODEL`")
-        cuda = torch.cuda.is_available()
-        if backend == "torch":
-            if file_name is not None or provider is not None:
-                raise ValueError("model_kwargs file_name / provider apply to backend='onnx' or 'openvino'")
-            if quantization == "auto":
-                quantization = auto_quantization(cpu_family(), cuda)
-                logger.info("quantization='auto' on this machine: %s", quantization)
-            dtype_key = next((key for key in ("dtype", "torch_dtype") if key in model_kwargs), None)
-            dtype = model_kwargs.get(dtype_key) if dtype_key else None
-            if dtype in (torch.bfloat16, "bfloat16") and not cuda and not native_bf16():
-                logger.warning(
-                    "bf16 weights asked for, but this CPU has no native bf16 (no avx512_bf16 / amx_bf16): every "
-                    "matrix product would be emulated, several times slower; keeping float32. Ask for "
-                    "model_kwargs={'quantization': 'auto'} for this CPU's fast path."
-                )
-                model_kwargs.pop(dtype_key)
-        else:
-            if quantization == "int8-dynamic":
-                example = OPENVINO_INT8_FILE if backend == "openvino" else ONNX_INT8_FILES["avx2"]
-                raise ValueError(
-                    f"model_kwargs quantization = 'int8-dynamic' applies to backend='torch'; with backend={backend!r} "
-                    f"load an int8 file (model_kwargs file_name, e.g. {example!r}) or quantization='auto'"
-                )
-            if file_name is not None:
-                file_name = backend_file(backend, file_name)
-        return {"backend": backend, "quantization": quantization, "file_name": file_name, "provider": provider}
-
-    @classmethod
-    def _auto_backend_file(
-        cls,
-        model_name_or_path: str,
-        subfolder: str,
-        specs: list[PartSpec],
-        hub_kwargs: dict[str, Any],
-        backend: str,
-        auto: bool,
-    ) -> str:
-        """The file a backend loads when none is named: with ``quantization="auto"`` the int8 file for
-        this CPU when every part has one (ONNX: by CPU family; OpenVINO: on CPUs with VNNI), else fp32."""
-        family = cpu_family()
-        if backend == "onnx":
-            candidate = ONNX_INT8_FILES.get(family or "")
-        else:
-            candidate = OPENVINO_INT8_FILE if family == "avx512_vnni" else None
-        if (
-            auto
-            and candidate
-            and all(
-                cls.load_file_path(
-                    model_name_or_path, candidate, subfolder=Path(subfolder, spec.subfolder).as_posix(), **hub_kwargs
-                )
-                for spec in specs
-            )
-        ):
-            return candidate
-        return BACKEND_DEFAULT_FILES[backend]
 
     @classmethod
     def load(
@@ -1066,7 +1111,7 @@ class ConcatEmbedding(InputModule):
         )
         module_kwargs = {key: value for key, value in kwargs.items() if key != "init_defaults"}
         model_kwargs = dict(module_kwargs.get("model_kwargs") or {})
-        runtime = cls._runtime_options(model_kwargs, module_kwargs.get("backend") or "torch")
+        runtime = runtime_options(model_kwargs, module_kwargs.get("backend") or "torch")
         if "backend" in module_kwargs:
             module_kwargs["backend"] = (
                 "torch"  # the parts' Transformer modules load torch; an exported graph replaces it
@@ -1074,7 +1119,7 @@ class ConcatEmbedding(InputModule):
         if "model_kwargs" in module_kwargs:
             module_kwargs["model_kwargs"] = model_kwargs
         if runtime["backend"] != "torch" and runtime["file_name"] is None:
-            runtime["file_name"] = cls._auto_backend_file(
+            runtime["file_name"] = auto_backend_file(
                 model_name_or_path, subfolder, specs, hub_kwargs, runtime["backend"], runtime["quantization"] == "auto"
             )
         pipelines = [

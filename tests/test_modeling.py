@@ -369,3 +369,66 @@ def test_forward_runs_with_the_governed_threads_and_restores_them(loaded_model, 
         concat.adaptive_threads = True
     assert seen == [1, ceiling] and torch.get_num_threads() == ceiling
     assert np.abs(expected - unchanged).max() <= 1e-6
+
+
+def test_two_models_in_two_threads_leave_torch_threads_as_found(built_model, loaded_model, monkeypatch) -> None:
+    """Model a lowers torch's (process-wide) thread count to 2; model b starts while a runs and lowers it to 1.
+
+    Read naively, b would take a's 2 for the count to restore and leave its thread, and threads started
+    later, at 2 threads for good.
+    """
+    import threading
+
+    other = SentenceTransformer(str(built_model), trust_remote_code=True, device="cpu")
+    a, b = loaded_model[0], other[0]
+    monkeypatch.setattr(a._cpu_share, "threads", lambda ceiling: 2)
+    monkeypatch.setattr(b._cpu_share, "threads", lambda ceiling: 1)
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def pausing(module, name: str, entered: threading.Event, wait_for: threading.Event):
+        original = module._embed_part
+
+        def embed_part(index, features):
+            if index == 0 and not entered.is_set():
+                seen[name] = torch.get_num_threads()
+                entered.set()
+                assert wait_for.wait(timeout=600), "the other thread never arrived"
+            return original(index, features)
+
+        monkeypatch.setattr(module, "_embed_part", embed_part)
+
+    pausing(a, "a", a_inside, b_inside)
+    pausing(b, "b", b_inside, a_done)
+    errors, after_pass, fresh = [], [], []
+
+    def run(model, before: threading.Event | None, after: threading.Event | None) -> None:
+        try:
+            if before is not None:
+                assert before.wait(timeout=600)
+            model.encode(["hello world"])
+            after_pass.append(torch.get_num_threads())
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+            b_inside.set(), a_done.set()
+        finally:
+            if after is not None:
+                after.set()
+
+    original = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        threads = [threading.Thread(target=run, args=(loaded_model, None, a_done)),
+                   threading.Thread(target=run, args=(other, a_inside, None))]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        later = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert seen == {"a": 2, "b": 1}
+        assert after_pass == [4, 4] and fresh == [4] and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(original)

@@ -183,12 +183,12 @@ def test_bf16_on_a_cpu_without_native_bf16_keeps_float32(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     model_kwargs = {"dtype": torch.bfloat16}
     with caplog.at_level(logging.WARNING, logger=modeling.__name__):
-        runtime = modeling.ConcatEmbedding._runtime_options(model_kwargs, "torch")
+        runtime = modeling.runtime_options(model_kwargs, "torch")
     assert model_kwargs == {} and runtime["quantization"] is None
     assert "this CPU has no native bf16" in caplog.text and "keeping float32" in caplog.text
     monkeypatch.setattr(modeling, "native_bf16", lambda flags=None: True)
     kept = {"torch_dtype": torch.bfloat16}
-    modeling.ConcatEmbedding._runtime_options(kept, "torch")
+    modeling.runtime_options(kept, "torch")
     assert kept == {"torch_dtype": torch.bfloat16}
 
 
