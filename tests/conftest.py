@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def built_model(tiny_parts: dict[str, Path], tmp_path_factory: pytest.TempPathFa
         tmp_path_factory.mktemp("built") / "model",
         prompts={"query": QUERY_PROMPT, "document": ""},
     )
+
+
+@pytest.fixture
+def model_copy(built_model: Path, tmp_path: Path) -> Path:
+    """A fresh copy of ``built_model`` in the test's own folder, for a test that changes files."""
+    return Path(shutil.copytree(built_model, tmp_path / "model"))
 
 
 @pytest.fixture(scope="session")

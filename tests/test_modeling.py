@@ -309,9 +309,8 @@ def test_loads_in_a_process_without_the_project_and_imports_no_optional_runtime(
 
 
 @pytest.mark.parametrize("how", ["trust_remote_code", "model_kwargs"])
-def test_parts_do_not_run_their_own_code_unless_built_so(built_model, tmp_path, how) -> None:
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_parts_do_not_run_their_own_code_unless_built_so(model_copy, tmp_path, how) -> None:
+    folder = model_copy
     marker = tmp_path / "part-code-ran"
     part = folder / "alpha"
     (part / "evil.py").write_text(

@@ -130,9 +130,8 @@ def test_a_backend_model_cannot_be_saved(exported, tmp_path):
         load(folder, backend="onnx").save(str(tmp_path / "copy"))
 
 
-def test_export_refuses_to_replace_a_file_it_did_not_write(built_model, tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_export_refuses_to_replace_a_file_it_did_not_write(model_copy, tmp_path):
+    folder = model_copy
     mine = folder / "beta" / "onnx" / "model.onnx"
     mine.parent.mkdir()
     mine.write_bytes(b"user's own graph")
@@ -193,9 +192,8 @@ def test_bf16_on_a_cpu_without_native_bf16_keeps_float32(monkeypatch, caplog):
 
 
 @pytest.mark.slow
-def test_openvino_fp32_matches_and_int8_is_reported(built_model, tiny_parts, tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_openvino_fp32_matches_and_int8_is_reported(model_copy, tiny_parts, tmp_path):
+    folder = model_copy
     record = export_backends(folder, onnx=False, openvino=True, int8=True, sts=STS, sts_limit=200)
     assert not (folder / "alpha" / "onnx").exists()  # the ONNX step stays in staging
     model = load(folder, backend="openvino")

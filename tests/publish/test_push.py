@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -11,9 +10,8 @@ from hub_export.folder import content_hash
 from hub_export.publish.push import dry_run_listing
 
 
-def test_dry_run_says_whether_a_real_push_would_be_refused(built_model, tmp_path) -> None:
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_dry_run_says_whether_a_real_push_would_be_refused(model_copy, tmp_path) -> None:
+    folder = model_copy
     (folder / "verification.json").unlink(missing_ok=True)
     listing = dry_run_listing(folder).splitlines()
     assert listing[-2].endswith(f"total ({len(listing) - 2} files)")

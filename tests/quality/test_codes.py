@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -99,9 +98,8 @@ def test_layout_errors_name_valid_choices() -> None:
         part_ranges(np.ones((2, 15)), specs, dims={"a": 9})
 
 
-def test_calibration_round_trips_through_save_and_load(built_model, tmp_path) -> None:
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_calibration_round_trips_through_save_and_load(model_copy, tmp_path) -> None:
+    folder = model_copy
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"the quick brown fox {i} jumps over the lazy dog" for i in range(40)))
     stored = calibrate_folder(folder, corpus, limit=30, dims={"alpha": 16})
@@ -120,9 +118,8 @@ def test_calibration_round_trips_through_save_and_load(built_model, tmp_path) ->
         SentenceTransformer(str(folder), trust_remote_code=True)
 
 
-def test_old_field_name_quantization_is_read_as_code_ranges_and_rewritten(built_model, tmp_path) -> None:
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_old_field_name_quantization_is_read_as_code_ranges_and_rewritten(model_copy, tmp_path) -> None:
+    folder = model_copy
     ranges = {"int8": {"low": -0.25, "high": 0.5, "dims": 8}}
     config = json.loads((folder / "concat_config.json").read_text())
     del config["parts"][0]["code_ranges"]
@@ -145,9 +142,8 @@ def test_old_field_name_quantization_is_read_as_code_ranges_and_rewritten(built_
         SentenceTransformer(str(folder), trust_remote_code=True)
 
 
-def test_calibrate_refuses_a_folder_whose_modeling_py_predates_code_ranges(built_model, tmp_path) -> None:
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_calibrate_refuses_a_folder_whose_modeling_py_predates_code_ranges(model_copy, tmp_path) -> None:
+    folder = model_copy
     modeling = folder / "modeling.py"
     old = modeling.read_text().replace("code_ranges", "quantization").replace("MODELING_VERSION = 2\n", "")
     modeling.write_text(old)  # as modeling.py was before it read code_ranges (and had no version line)

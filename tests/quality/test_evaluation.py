@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -34,9 +33,8 @@ def test_hand_checked_metrics() -> None:
     assert metrics["recall@100"] == pytest.approx(1.0)
 
 
-def test_calibrate_then_eval_rows_per_part_and_setting(built_model, tmp_path, capsys) -> None:
-    folder = tmp_path / "model"
-    shutil.copytree(built_model, folder)
+def test_calibrate_then_eval_rows_per_part_and_setting(model_copy, tmp_path, capsys) -> None:
+    folder = model_copy
     assert main(["calibrate", str(folder), "--corpus", str(DATA / "scifact" / "corpus.jsonl.gz"), "--limit", "50"]) == 0
     calibrated = capsys.readouterr().out
     assert "alpha" in calibrated and "int4" in calibrated
