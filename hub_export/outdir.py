@@ -61,28 +61,32 @@ def check_output(output: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """
     output = Path(output)
     if output.is_symlink():
-        raise ValueError(f"--out {output} is a symbolic link; give a real folder")
+        raise ValueError(f"output folder {output} is a symbolic link; give a real folder")
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--out {output} is a file; give a new or empty folder")
+        raise ValueError(f"output folder {output} is a file; give a new or empty folder")
     target = output.resolve()
     for source in inputs:
         source = Path(source).resolve()
         if target == source or source in target.parents:
-            raise ValueError(f"--out {output} is inside the source {source}; choose a folder outside every source")
+            raise ValueError(
+                f"output folder {output} is inside the source {source}; choose a folder outside every source"
+            )
         if target in source.parents:
-            raise ValueError(f"the source {source} is inside --out {output}, which a build replaces; move one of them")
+            raise ValueError(
+                f"the source {source} is inside the output folder {output}, which a build replaces; move one of them"
+            )
     if output.is_dir():
         present = [name for name in _files_under(output) if name != RECORD]
         recorded = recorded_files(output)
         if present and recorded is None:
             raise ValueError(
-                f"--out {output} is not empty and was not written by concat-embed (it holds {present[0]!r}); "
+                f"output folder {output} is not empty and was not written by concat-embed (it holds {present[0]!r}); "
                 "choose a new or empty folder"
             )
         foreign = [name for name in present if name not in set(recorded or []) | set(LATER_FILES)]
         if foreign:
             raise ValueError(
-                f"--out {output} holds files concat-embed did not write ({foreign[:3]}); "
+                f"output folder {output} holds files concat-embed did not write ({foreign[:3]}); "
                 "move them away or choose another folder"
             )
     return output
@@ -106,7 +110,7 @@ def commit_output(staging: Path, output: Path) -> Path:
             if root != str(output) and not os.listdir(root):
                 os.rmdir(root)
         if any(output.iterdir()):
-            raise ValueError(f"--out {output} changed while building; the new model is in {staging}")
+            raise ValueError(f"output folder {output} changed while building; the new model is in {staging}")
         output.rmdir()
     os.replace(staging, output)
     return output

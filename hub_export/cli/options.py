@@ -81,13 +81,17 @@ def write_json_output(path: str | None, data: object) -> None:
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """``--backend`` and ``--quantization``: how ``embed`` and ``serve`` run the model."""
+    from hub_export.runtime.choice import BACKEND_CHOICES, QUANTIZATION_CHOICES
+
     parser.add_argument(
         "--backend",
         default="auto",
+        choices=BACKEND_CHOICES,
         help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
     )
     parser.add_argument(
         "--quantization",
         default="auto",
+        choices=QUANTIZATION_CHOICES,
         help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
     )

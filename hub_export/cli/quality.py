@@ -85,6 +85,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """calibrate, eval, compare and compress."""
+    from hub_export.data import PSEUDO_QUERY_SOURCES
+    from hub_export.quality.compress import METHODS
+
     calibrate = sub.add_parser("calibrate", help="store int8/int4 code ranges for stored vectors")
     calibrate.add_argument("model_dir", help="combined model folder")
     calibrate.add_argument("--corpus", required=True, help=".jsonl[.gz] with text (and title), or a text file")
@@ -124,11 +127,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="384,192,96,48",
         help="Matryoshka dimensions, strictly decreasing; the first is the output size",
     )
-    compress.add_argument("--method", default="trained", help="trained (PCA, then distillation) or pca")
+    compress.add_argument(
+        "--method", default="trained", choices=METHODS, help="trained (PCA, then distillation) or pca"
+    )
     compress.add_argument("--queries", default=None, help="queries (.jsonl[.gz] or text) for query-document training")
     compress.add_argument(
         "--pseudo-queries",
         default="sentences",
+        choices=PSEUDO_QUERY_SOURCES,
         help="trained: corpus texts that also train query-document rankings (query prompt): sentences (of the "
         "documents' bodies), titles, or none (documents only)",
     )

@@ -41,6 +41,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """embed."""
+    from hub_export.runtime.embed import DTYPES, ENGINES
+
     embed = sub.add_parser("embed", help="embed a corpus into sharded, resumable Parquet files")
     embed.add_argument("model", help="combined model folder or Hub id")
     embed.add_argument("--input", required=True, help=".jsonl, .jsonl.gz or .parquet")
@@ -48,11 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--id-field", default="_id")
     embed.add_argument("--text-fields", default="title,text", help="comma-separated, joined with a space")
     embed.add_argument("--shard-size", type=positive_int, default=10_000, help="records per Parquet file")
-    embed.add_argument("--dtype", default="float32", help="float32, float16 or int8 (needs `calibrate`)")
+    embed.add_argument("--dtype", default="float32", choices=DTYPES, help="int8 needs `calibrate` first")
     embed.add_argument("--prompt-name", default="document", help="the model's prompt name for the texts")
     embed.add_argument("--batch-size", type=positive_int, default=32)
     embed.add_argument("--revision", default=None, help="model revision (Hub ids)")
-    embed.add_argument("--engine", default="local", help="local or ray")
+    embed.add_argument("--engine", default="local", choices=ENGINES, help="local (one process or --devices) or ray")
     embed.add_argument("--devices", default=None, help="local multi-process pool, e.g. cpu,cpu or cuda:0,cuda:1")
     embed.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
     embed.add_argument("--ray-workers", type=positive_int, default=1, help="Ray actors embedding in parallel")

@@ -23,8 +23,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hub_export.runtime.choice import choose_runtime
     from hub_export.serve.app import API_KEY_ENV
 
-    if args.engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {args.engine!r}; valid: ['local', 'ray']")
     runtime = choose_runtime(args.model, args.backend, args.quantization)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = {"max_batch_tokens": args.max_batch_tokens, "max_client_batch": args.max_client_batch,
@@ -82,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--threads", type=positive_int, default=None, help="torch threads for the model (default: torch's)"
     )
-    serve.add_argument("--engine", default="local", help="local (one process) or ray (Ray Serve replicas)")
+    serve.add_argument(
+        "--engine", default="local", choices=("local", "ray"), help="local (one process) or ray (Ray Serve replicas)"
+    )
     serve.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (engine ray)")
     serve.add_argument("--max-replicas", type=positive_int, default=None, help="autoscale up to this many (engine ray)")
     serve.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")

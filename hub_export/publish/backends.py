@@ -178,7 +178,7 @@ def check_family(family: str | None) -> str:
     family = family or cpu_family()
     if family not in ONNX_INT8_FILES:
         raise ValueError(
-            f"--int8-for {family!r}: expected one of {list(ONNX_INT8_FILES)} (this CPU reports none; name one)"
+            f"int8 CPU family {family!r}: expected one of {list(ONNX_INT8_FILES)} (this CPU reports none; name one)"
         )
     return family
 
@@ -216,60 +216,25 @@ def export_backends(
     from sentence_transformers import SentenceTransformer
 
     if not onnx and not openvino:
-        raise ValueError("nothing to export: give --onnx and/or --openvino")
+        raise ValueError("nothing to export: give onnx and/or openvino")
     model_dir = Path(model_dir)
     check_model_folder(model_dir)
     family = check_family(family) if int8 and onnx else None
     sts_pairs = load_sts(sts, sts_limit) if sts else None
     texts = read_corpus_texts(calibration, 300) if calibration else PROBES
-    wanted = ([BACKEND_DEFAULT_FILES["onnx"]] if onnx else []) + ([ONNX_INT8_FILES[family]] if family else [])
-    wanted += [BACKEND_DEFAULT_FILES["openvino"]] if openvino else []
-    wanted += [OPENVINO_INT8_FILE] if openvino and int8 else []
-    specs, _ = parse_concat_config(read_json(model_dir / CONFIG_FILE), CONFIG_FILE)
-    subfolders = [spec.subfolder for spec in specs]
-    companions = [name[: -len(".xml")] + ".bin" for name in wanted if name.endswith(".xml")]
-    check_addable(model_dir, [BACKENDS_FILE] + [f"{sub}/{name}" for sub in subfolders for name in wanted + companions])
+    wanted = planned_files(model_dir, onnx, openvino, int8, family)
     model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
     model.eval()
-    concat = model[0]
     reference = _measure(model, PROBES, sts_pairs)
     staging = staging_folder(model_dir)
     try:
-        for spec, pipeline in zip(concat.specs, concat.pipelines):
-            part, transformer = staging / spec.subfolder, pipeline[0]
-            fp32 = part / BACKEND_DEFAULT_FILES["onnx"]
+        for spec, pipeline in zip(model[0].specs, model[0].pipelines):
             logger.info("part %s: exporting", spec.name)
-            with _quiet():
-                _export_onnx(transformer, fp32)
-                if family:
-                    _quantize_onnx(fp32, part / ONNX_INT8_FILES[family], family)
-                if openvino:
-                    _export_openvino(fp32, part / BACKEND_DEFAULT_FILES["openvino"], None)
-                if openvino and int8:
-                    encoded = transformer.tokenizer(texts, truncation=True, max_length=transformer.max_seq_length)
-                    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded]
-                    feeds = [{n: np.array([encoded[n][i]], dtype=np.int64) for n in names} for i in range(len(texts))]
-                    _export_openvino(fp32, part / OPENVINO_INT8_FILE, feeds)
-            if not onnx:
-                shutil.rmtree(part / "onnx")
-        record = {"parts": [spec.name for spec in concat.specs], "reference_sts": reference.get("sts"), "files": {}}
-        for name in wanted:
-            backend = "onnx" if name.startswith("onnx/") else "openvino"
-            with _running(model, backend, [staging / spec.subfolder / name for spec in concat.specs]):
-                measured = _measure(model, PROBES, sts_pairs)
-            diff = float(np.abs(measured["vectors"] - reference["vectors"]).max())
-            is_int8 = name not in BACKEND_DEFAULT_FILES.values()
-            if not is_int8 and not (math.isfinite(diff) and diff <= FP32_TOLERANCE):
-                raise ValueError(f"{name}: max |diff| vs torch = {diff:.2e} exceeds {FP32_TOLERANCE:g}; not added")
-            entry = {"backend": backend, "int8": is_int8, "max_abs_diff": diff}
-            if family and name == ONNX_INT8_FILES[family]:
-                entry["cpu"] = family
-            if sts_pairs is not None:
-                entry["sts_spearman"] = measured["sts"]
-                entry["sts_change"] = measured["sts"] - reference["sts"]
-            record["files"][name] = entry
-            logger.info("%s: max |diff| %.2e%s", name, diff, f", STS {entry.get('sts_change', 0):+.2f}")
-        record["files"] = exported_files(model_dir) | record["files"]
+            _export_part(pipeline[0], staging / spec.subfolder, onnx, openvino, int8, family, texts)
+        record = {"parts": [spec.name for spec in model[0].specs], "reference_sts": reference.get("sts")}
+        record["files"] = exported_files(model_dir) | {
+            name: _check_file(model, staging, name, reference, sts_pairs, family) for name in wanted
+        }
         write_json(staging / BACKENDS_FILE, record)
         add_files(model_dir, staging)
     finally:
@@ -277,3 +242,68 @@ def export_backends(
     if (model_dir / VERIFICATION_FILE).is_file():
         logger.warning("export-backends added files to %s: run `concat-embed verify` again before push", model_dir)
     return record
+
+
+def planned_files(model_dir: Path, onnx: bool, openvino: bool, int8: bool, family: str | None) -> list[str]:
+    """The files each part will get (relative to the part), after checking that none is in the way.
+
+    Raises:
+        ValueError: If a file to write (or its ``.bin`` companion) exists and was not written by this tool.
+    """
+    wanted = ([BACKEND_DEFAULT_FILES["onnx"]] if onnx else []) + ([ONNX_INT8_FILES[family]] if family else [])
+    wanted += [BACKEND_DEFAULT_FILES["openvino"]] if openvino else []
+    wanted += [OPENVINO_INT8_FILE] if openvino and int8 else []
+    specs, _ = parse_concat_config(read_json(model_dir / CONFIG_FILE), CONFIG_FILE)
+    companions = [name[: -len(".xml")] + ".bin" for name in wanted if name.endswith(".xml")]
+    check_addable(model_dir, [BACKENDS_FILE] + [f"{s.subfolder}/{name}" for s in specs for name in wanted + companions])
+    return wanted
+
+
+def _export_part(
+    transformer: Any, part: Path, onnx: bool, openvino: bool, int8: bool, family: str | None, texts: list[str]
+) -> None:
+    """Write one part's files into its staging folder ``part`` (the fp32 ONNX graph is the source of the others)."""
+    fp32 = part / BACKEND_DEFAULT_FILES["onnx"]
+    with _quiet():
+        _export_onnx(transformer, fp32)
+        if family:
+            _quantize_onnx(fp32, part / ONNX_INT8_FILES[family], family)
+        if openvino:
+            _export_openvino(fp32, part / BACKEND_DEFAULT_FILES["openvino"], None)
+        if openvino and int8:
+            encoded = transformer.tokenizer(texts, truncation=True, max_length=transformer.max_seq_length)
+            names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded]
+            feeds = [{n: np.array([encoded[n][i]], dtype=np.int64) for n in names} for i in range(len(texts))]
+            _export_openvino(fp32, part / OPENVINO_INT8_FILE, feeds)
+    if not onnx:
+        shutil.rmtree(part / "onnx")
+
+
+def _check_file(
+    model: Any,
+    staging: Path,
+    name: str,
+    reference: dict[str, Any],
+    sts_pairs: tuple[list[str], list[str], np.ndarray] | None,
+    family: str | None,
+) -> dict[str, Any]:
+    """Run the whole model with every part on ``name`` and compare with torch: the file's ``backends.json`` entry.
+
+    Raises:
+        ValueError: If an fp32 file differs from torch by more than :data:`FP32_TOLERANCE` (nothing is added).
+    """
+    backend = "onnx" if name.startswith("onnx/") else "openvino"
+    with _running(model, backend, [staging / spec.subfolder / name for spec in model[0].specs]):
+        measured = _measure(model, PROBES, sts_pairs)
+    diff = float(np.abs(measured["vectors"] - reference["vectors"]).max())
+    is_int8 = name not in BACKEND_DEFAULT_FILES.values()
+    if not is_int8 and not (math.isfinite(diff) and diff <= FP32_TOLERANCE):
+        raise ValueError(f"{name}: max |diff| vs torch = {diff:.2e} exceeds {FP32_TOLERANCE:g}; not added")
+    entry = {"backend": backend, "int8": is_int8, "max_abs_diff": diff}
+    if family and name == ONNX_INT8_FILES[family]:
+        entry["cpu"] = family
+    if sts_pairs is not None:
+        entry["sts_spearman"] = measured["sts"]
+        entry["sts_change"] = measured["sts"] - reference["sts"]
+    logger.info("%s: max |diff| %.2e%s", name, diff, f", STS {entry.get('sts_change', 0):+.2f}")
+    return entry

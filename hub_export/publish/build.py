@@ -87,7 +87,7 @@ def build_model(
         check_output(output_dir, [resolved.path])
         pipeline = load_source(resolved.path, options.pooling, trust_remote_code=options.trust_remote_code)
         if options.max_seq_length is not None:
-            check_token_limit(pipeline[0], options.max_seq_length, f"--max-seq-length {options.name}")
+            check_token_limit(pipeline[0], options.max_seq_length, f"part {options.name!r}")
             pipeline[0].max_seq_length = options.max_seq_length
         specs.append(
             PartSpec(
@@ -124,11 +124,11 @@ def check_part_options(parts: list[PartOptions], prompts: dict[str, str]) -> Non
         if not isinstance(options.name, str) or not SAFE_NAME.fullmatch(options.name):
             raise ValueError(f"part name {options.name!r} is not allowed: use {SAFE_NAME_RULE}")
         if not math.isfinite(options.weight) or options.weight <= 0:
-            raise ValueError(f"--weight {options.name}={options.weight}: expected a finite number > 0")
+            raise ValueError(f"part {options.name!r}: weight {options.weight}: expected a finite number > 0")
         if unknown := sorted(set(options.prompts) - set(prompts)):
             raise ValueError(
-                f"--part-prompt {options.name}.{unknown[0]}: unknown prompt name {unknown[0]!r}; "
-                f"valid prompt names: {sorted(prompts)} (add others with --prompt NAME=TEXT)"
+                f"part {options.name!r}: prompt {unknown[0]!r}: unknown prompt name {unknown[0]!r}; "
+                f"valid prompt names: {sorted(prompts)} (add others as model-wide prompts)"
             )
 
 

@@ -45,7 +45,7 @@ def check_repo_id(repo_id: str) -> None:
         or len(repo_id) > 96
     ):
         raise ValueError(
-            f"--repo-id {repo_id!r} is not a Hub repo id: expected org/name "
+            f"repo id {repo_id!r} is not a Hub repo id: expected org/name "
             "(letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters)"
         )
 

@@ -59,12 +59,12 @@ def parse_dims(dims: Sequence[int], full: int) -> list[int]:
     """
     dims = list(dims)
     if not dims:
-        raise ValueError("--dims: give at least one dimension, e.g. 384,192,96,48")
+        raise ValueError("dims: give at least one dimension, e.g. 384,192,96,48")
     for value in dims:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= full:
-            raise ValueError(f"--dims {value!r}: each dimension must be an integer in [1, {full}] (the model's size)")
+            raise ValueError(f"dims {value!r}: each dimension must be an integer in [1, {full}] (the model's size)")
     if any(a <= b for a, b in zip(dims, dims[1:])):
-        raise ValueError(f"--dims {dims}: must be strictly decreasing (largest first), e.g. 384,192,96,48")
+        raise ValueError(f"dims {dims}: must be strictly decreasing (largest first), e.g. 384,192,96,48")
     return dims
 
 
@@ -227,7 +227,7 @@ def compress_model(
         raise ValueError(f"unknown method {options.method!r}; valid: {list(METHODS)}")
     check_pseudo_queries(options.pseudo_queries)
     if (options.epochs is not None and options.epochs < 1) or options.batch_size < 1:
-        raise ValueError("--epochs and --batch-size must be positive integers")
+        raise ValueError("epochs and batch_size must be positive integers")
     check_source_model(model_dir)
     check_output(output_dir, [model_dir])
     texts = read_corpus_texts(options.corpus, options.limit)
@@ -265,7 +265,7 @@ def compress_model(
         epochs = options.epochs or training_epochs(len(docs) + len(anchors))
         weight, bias = train_projection(docs, weight, bias, dims, queries, epochs, seed=options.seed, progress=progress)
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
-            raise ValueError(f"{options.corpus}: training diverged (non-finite weights); use --method pca")
+            raise ValueError(f"{options.corpus}: training diverged (non-finite weights); use the pca method")
     fitted = time.perf_counter()
     record = {
         "method": options.method,

@@ -60,14 +60,14 @@ def choose_runtime(model: str, backend: str = "auto", quantization: str = "auto"
             a model that is not a local combined model folder.
     """
     if backend not in BACKEND_CHOICES:
-        raise ValueError(f"--backend {backend!r}: expected one of {list(BACKEND_CHOICES)}")
+        raise ValueError(f"backend {backend!r}: expected one of {list(BACKEND_CHOICES)}")
     if quantization not in QUANTIZATION_CHOICES:
-        raise ValueError(f"--quantization {quantization!r}: expected one of {list(QUANTIZATION_CHOICES)}")
+        raise ValueError(f"quantization {quantization!r}: expected one of {list(QUANTIZATION_CHOICES)}")
     parts = part_folders(model)
     if parts is None:  # not a local combined model: only what sentence-transformers itself understands
         if quantization == "int8-dynamic" or backend in ("onnx", "openvino"):
             raise ValueError(
-                f"--backend {backend} --quantization {quantization}: needs a local combined model folder; "
+                f"backend {backend!r} with quantization {quantization!r} needs a local combined model folder; "
                 f"{model!r} is not one (use --backend auto --quantization none)"
             )
         return Runtime()

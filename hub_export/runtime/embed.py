@@ -25,7 +25,6 @@ import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
 from hub_export.folder import file_sha256, int8_ranges, read_json, write_json
-from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
 from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.runtime.devices import check_devices
 
@@ -66,6 +65,8 @@ class EmbedJob:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid choices for every bad setting."""
+        from hub_export.modeling import BACKENDS, WEIGHT_QUANTIZATION
+
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: {list(DTYPES)}")
         if self.engine not in ENGINES:

@@ -111,12 +111,12 @@ CLI_CASES = [
     ("weight-nan", lambda f: build(f, "--weight", "y=nan", "--out", str(f.o)), 2, "expected a finite number > 0, got 'nan'"),
     ("weight-zero", lambda f: build(f, "--weight", "y=0", "--out", str(f.o)), 2, "expected a finite number > 0, got '0'"),
     ("weight-word", lambda f: build(f, "--weight", "y=heavy", "--out", str(f.o)), 2, "expected a finite number > 0, got 'heavy'"),
-    ("max-seq-over-limit", lambda f: build(f, "--max-seq-length", "x=100000", "--out", str(f.o)), 2, "--max-seq-length x.max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
+    ("max-seq-over-limit", lambda f: build(f, "--max-seq-length", "x=100000", "--out", str(f.o)), 2, "part 'x'.max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
     ("max-seq-zero", lambda f: build(f, "--max-seq-length", "x=0", "--out", str(f.o)), 2, "expected a positive integer, got '0'"),
     ("truncate-zero", lambda f: build(f, "--truncate-dim", "x=0", "--out", str(f.o)), 2, "--truncate-dim 'x=0': expected a positive integer"),
     ("truncate-too-big", lambda f: build(f, "--truncate-dim", "x=999", "--out", str(f.o)), 2, "truncate_dim = 999"),
     # build: names
-    ("part-prompt-typo", lambda f: build(f, "--part-prompt", "x.qurey=q: ", "--out", str(f.o)), 2, "--part-prompt x.qurey: unknown prompt name 'qurey'; valid prompt names: ['document', 'query']"),
+    ("part-prompt-typo", lambda f: build(f, "--part-prompt", "x.qurey=q: ", "--out", str(f.o)), 2, "part 'x': prompt 'qurey': unknown prompt name 'qurey'; valid prompt names: ['document', 'query']"),
     ("part-prompt-no-dot", lambda f: build(f, "--part-prompt", "x=oops", "--out", str(f.o)), 2, "expected PART.PROMPT_NAME=TEXT"),
     ("name-star", lambda f: build(f, "--out", str(f.o), parts=(f"*={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name '*' is not allowed: use 1-64 letters"),
     ("name-slash", lambda f: build(f, "--out", str(f.o), parts=(f"a/b={f.parts['a']}", f"y={f.parts['b']}")), 2, "part name 'a/b' is not allowed"),
@@ -144,8 +144,8 @@ CLI_CASES = [
     ("verify-tolerance-negative", lambda f: ["verify", str(f.model), "--tolerance", "-1"], 2, "expected a finite number > 0, got '-1'"),
     ("verify-not-a-model", lambda f: ["verify", str(f.no_model)], 2, "not a combined model folder (no concat_config.json)"),
     # push
-    ("push-repo-id-space", lambda f: ["push", str(f.model), "--repo-id", "bad repo", "--dry-run"], 2, "--repo-id 'bad repo' is not a Hub repo id: expected org/name"),
-    ("push-repo-id-depth", lambda f: ["push", str(f.model), "--repo-id", "a/b/c", "--token", "t"], 2, "--repo-id 'a/b/c' is not a Hub repo id"),
+    ("push-repo-id-space", lambda f: ["push", str(f.model), "--repo-id", "bad repo", "--dry-run"], 2, "repo id 'bad repo' is not a Hub repo id: expected org/name"),
+    ("push-repo-id-depth", lambda f: ["push", str(f.model), "--repo-id", "a/b/c", "--token", "t"], 2, "repo id 'a/b/c' is not a Hub repo id"),
     ("push-repo-id-dashes", lambda f: ["push", str(f.model), "--repo-id", "org/na--me", "--dry-run"], 2, "no '--' or '..'"),
     ("push-verification-json", lambda f: ["push", str(f.m_verif), "--repo-id", "me/x", "--token", "t"], 2, "verification.json: invalid JSON at line 1 column 2"),
     # calibrate
@@ -177,10 +177,10 @@ CLI_CASES = [
     ("embed-id-field-typo", lambda f: embed(f, "--output", str(f.o), "--id-field", "_idd"), 2, "no valid record in"),
     ("embed-prompt-typo", lambda f: embed(f, "--output", str(f.o), "--prompt-name", "documnet"), 2, "unknown prompt name 'documnet' for"),
     ("embed-devices-cuda", lambda f: embed(f, "--output", str(f.o), "--devices", "cuda:0"), 2, "device 'cuda:0' is not available on this machine"),
-    ("embed-dtype", lambda f: embed(f, "--output", str(f.o), "--dtype", "bf16"), 2, "unknown dtype 'bf16'; valid: ['float32', 'float16', 'int8']"),
-    ("embed-engine", lambda f: embed(f, "--output", str(f.o), "--engine", "spark"), 2, "unknown engine 'spark'; valid: ['local', 'ray']"),
-    ("embed-quantization", lambda f: embed(f, "--output", str(f.o), "--quantization", "int4"), 2, "--quantization 'int4': expected one of ['auto', 'none', 'int8-dynamic']"),
-    ("embed-backend", lambda f: embed(f, "--output", str(f.o), "--backend", "tpu"), 2, "--backend 'tpu': expected one of ['auto', 'torch', 'onnx', 'openvino']"),
+    ("embed-dtype", lambda f: embed(f, "--output", str(f.o), "--dtype", "bf16"), 2, "argument --dtype: invalid choice: 'bf16' (choose from 'float32', 'float16', 'int8')"),
+    ("embed-engine", lambda f: embed(f, "--output", str(f.o), "--engine", "spark"), 2, "argument --engine: invalid choice: 'spark' (choose from 'local', 'ray')"),
+    ("embed-quantization", lambda f: embed(f, "--output", str(f.o), "--quantization", "int4"), 2, "argument --quantization: invalid choice: 'int4' (choose from 'auto', 'none', 'int8-dynamic')"),
+    ("embed-backend", lambda f: embed(f, "--output", str(f.o), "--backend", "tpu"), 2, "argument --backend: invalid choice: 'tpu' (choose from 'auto', 'torch', 'onnx', 'openvino')"),
     ("embed-backend-files-missing", lambda f: embed(f, "--output", str(f.o), "--backend", "onnx"), 2, "alpha/onnx/model.onnx not found; make it with `concat-embed export-backends MODEL --onnx`"),
     ("embed-backend-with-devices", lambda f: embed(f, "--output", str(f.o), "--backend", "onnx", "--devices", "cpu,cpu"), 2, "backend 'onnx' runs in this process; use it without --devices / --engine ray"),
     ("embed-shard-zero", lambda f: embed(f, "--output", str(f.o), "--shard-size", "0"), 2, "argument --shard-size: expected a positive integer, got '0'"),
@@ -189,21 +189,21 @@ CLI_CASES = [
     ("embed-wrong-extension", lambda f: embed(f, "--output", str(f.o), input=f.root / "corpus.csv"), 2, "expected .jsonl, .jsonl.gz or .parquet"),
     ("embed-output-is-file", lambda f: embed(f, "--output", str(f.a_file)), 2, "a_file' is a file; give a folder"),
     # compress
-    ("compress-dims-increasing", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "12,24"], 2, "--dims [12, 24]: must be strictly decreasing"),
+    ("compress-dims-increasing", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "12,24"], 2, "dims [12, 24]: must be strictly decreasing"),
     ("compress-dims-zero", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "24,0"], 2, "--dims '24,0': expected a positive integer, got '0'"),
-    ("compress-dims-too-large", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "200"], 2, "--dims 200: each dimension must be an integer in [1, 96]"),
+    ("compress-dims-too-large", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "200"], 2, "dims 200: each dimension must be an integer in [1, 96]"),
     ("compress-corpus-too-small", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "48"], 2, "23 texts are fewer than the largest dimension 48"),
-    ("compress-method", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--method", "svd"], 2, "unknown method 'svd'; valid: ['pca', 'trained']"),
+    ("compress-method", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--method", "svd"], 2, "argument --method: invalid choice: 'svd' (choose from 'pca', 'trained')"),
     ("compress-out-user-folder", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.user_dir), "--dims", "8"], 2, "is not empty and was not written by concat-embed"),
     ("compress-out-inside-model", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.model / "small"), "--dims", "8"], 2, "is inside the source"),
-    ("compress-pseudo-queries", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--pseudo-queries", "title"], 2, "unknown pseudo_queries 'title'; valid: ['sentences', 'titles', 'none']"),
+    ("compress-pseudo-queries", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--pseudo-queries", "title"], 2, "argument --pseudo-queries: invalid choice: 'title' (choose from 'sentences', 'titles', 'none')"),
     ("compress-sentences-per-doc", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--sentences-per-doc", "-1"], 2, "expected an integer >= 0 (0 = no limit), got '-1'"),
     ("compress-epochs-zero", lambda f: ["compress", str(f.model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8", "--epochs", "0"], 2, "expected a positive integer, got '0'"),
     ("compress-twice", lambda f: ["compress", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o), "--dims", "8"], 2, "is already compressed (compression.json); compress its uncompressed source instead"),
     ("compress-not-a-model", lambda f: ["compress", str(f.no_model), "--corpus", str(f.root / "corpus.jsonl"), "--out", str(f.o)], 2, "not a combined model folder (no concat_config.json)"),
     ("embed-text-fields-empty", lambda f: embed(f, "--output", str(f.o), "--text-fields", ","), 2, "id_field and text_fields must name fields"),
     # export-backends, and calibrate on a compressed model
-    ("export-int8-for", lambda f: ["export-backends", str(f.model), "--int8", "--int8-for", "sse2"], 2, "--int8-for 'sse2': expected one of ['avx512_vnni', 'avx512', 'avx2', 'arm64']"),
+    ("export-int8-for", lambda f: ["export-backends", str(f.model), "--int8", "--int8-for", "sse2"], 2, "int8 CPU family 'sse2': expected one of ['avx512_vnni', 'avx512', 'avx2', 'arm64']"),
     ("export-not-a-model", lambda f: ["export-backends", str(f.no_model)], 2, "not a combined model folder (no concat_config.json)"),
     ("calibrate-not-a-model", lambda f: ["calibrate", str(f.no_model), "--corpus", str(f.root / "corpus.jsonl")], 2, "not a combined model folder (no concat_config.json)"),
     ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: dims do not apply"),
@@ -232,6 +232,18 @@ def load(folder: Path):
 
 def set_model_length(f: Files) -> None:
     load(f.model).max_seq_length = 100000
+
+
+def compress_api(f: Files, **settings) -> None:
+    from hub_export.quality.compress import CompressOptions, compress_model
+
+    compress_model(f.model, f.root / "api-out", CompressOptions(str(f.root / "corpus.jsonl"), [8], **settings), False)
+
+
+def choose_runtime_api(f: Files, **settings) -> None:
+    from hub_export.runtime.choice import choose_runtime
+
+    choose_runtime(str(f.model), **settings)
 
 
 def run_job(f: Files, **settings) -> None:
@@ -280,8 +292,14 @@ API_CASES = [
     ("calibrate-limit-negative", calibrate_negative, ValueError, "limit = -1: expected a positive integer or None"),
     ("embed-batch-zero", lambda f: run_job(f, batch_size=0), ValueError, "batch_size = 0: expected a positive integer"),
     ("embed-shard-bool", lambda f: run_job(f, shard_size=True), ValueError, "shard_size = True: expected a positive integer"),
-    ("build-weight-nan", lambda f: build_api(f, weight=float("nan")), ValueError, "--weight x=nan: expected a finite number > 0"),
+    ("build-weight-nan", lambda f: build_api(f, weight=float("nan")), ValueError, "part 'x': weight nan: expected a finite number > 0"),
     ("build-prompt-name", lambda f: build_api(f, prompts={"qurey": "q"}), ValueError, "unknown prompt name 'qurey'"),
+    ("embed-dtype-api", lambda f: run_job(f, dtype="bf16"), ValueError, "unknown dtype 'bf16'; valid: ['float32', 'float16', 'int8']"),
+    ("embed-engine-api", lambda f: run_job(f, engine="spark"), ValueError, "unknown engine 'spark'; valid: ['local', 'ray']"),
+    ("compress-method-api", lambda f: compress_api(f, method="svd"), ValueError, "unknown method 'svd'; valid: ['pca', 'trained']"),
+    ("compress-pseudo-api", lambda f: compress_api(f, pseudo_queries="title"), ValueError, "unknown pseudo_queries 'title'; valid: ['sentences', 'titles', 'none']"),
+    ("runtime-backend-api", lambda f: choose_runtime_api(f, backend="tpu"), ValueError, "backend 'tpu': expected one of ['auto', 'torch', 'onnx', 'openvino']"),
+    ("runtime-quantization-api", lambda f: choose_runtime_api(f, quantization="int4"), ValueError, "quantization 'int4': expected one of ['auto', 'none', 'int8-dynamic']"),
 ]  # fmt: skip
 
 
@@ -291,7 +309,3 @@ def test_api_rejects_bad_input(bad, call, error, message) -> None:
         call(bad)
     assert message in str(info.value)
     assert not (bad.root / "api-out").exists() and not (bad.root / "o").exists()
-
-
-def test_case_count() -> None:
-    assert len(CLI_CASES) + len(API_CASES) >= 60

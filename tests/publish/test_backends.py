@@ -145,10 +145,10 @@ def test_export_refuses_to_replace_a_file_it_did_not_write(model_copy, tmp_path)
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"onnx": False, "openvino": False}, "nothing to export: give --onnx and/or --openvino"),
+        ({"onnx": False, "openvino": False}, "nothing to export: give onnx and/or openvino"),
         (
             {"int8": True, "family": "sse2"},
-            "--int8-for 'sse2': expected one of ['avx512_vnni', 'avx512', 'avx2', 'arm64']",
+            "int8 CPU family 'sse2': expected one of ['avx512_vnni', 'avx512', 'avx2', 'arm64']",
         ),
     ],
 )

@@ -313,7 +313,7 @@ def test_malformed_repo_id_is_refused_before_the_card_changes(hub, built, tmp_pa
     card = (built / "README.md").read_bytes()
     requests_before = len(hub.state.requests)
     done = cli(hub, tmp_path, "push", str(built), "--repo-id", "me/bad name", "--token", TOKEN, "--skip-verify")
-    assert done.returncode == 2 and "--repo-id 'me/bad name' is not a Hub repo id" in done.stderr
+    assert done.returncode == 2 and "repo id 'me/bad name' is not a Hub repo id" in done.stderr
     assert (built / "README.md").read_bytes() == card
     assert len(hub.state.requests) == requests_before
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import subprocess
 import sys
 import threading
@@ -258,9 +257,12 @@ def test_cli_serves_on_a_free_port_of_localhost(built_model, expected, tmp_path)
         process.wait()
 
 
-def test_info_reports_json_serializable_limits(server) -> None:
+def test_info_reports_the_model_and_its_limits(server, embedder) -> None:
     info = httpx.get(f"{server.url}/info").json()
-    assert json.loads(json.dumps(info)) == info and info["max_queue_texts"] == 8192
+    assert info["dimension"] == 96 and info["matryoshka_dims"] == [96] and info["prompts"] == ["document", "query"]
+    assert info["runtime"] == "torch" and info["engine"] == "local" and info["model_dtype"] == "float32"
+    assert info["max_input_length"] == embedder.model.max_seq_length == 64
+    assert (info["max_batch_tokens"], info["max_client_batch_size"], info["max_queue_texts"]) == (2048, 8, 8192)
 
 
 @pytest.mark.slow
