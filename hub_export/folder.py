@@ -8,7 +8,7 @@ that wrote the file (so nothing loads a trainer to read a record). It is torch-f
   (a plain model distilled from a combined one), the card and the build record.
 - JSON: :func:`read_json` (errors name the file, line and column) and :func:`write_json` (UTF-8,
   indent 2, a final newline, never a non-finite number).
-- Questions about a folder: :func:`is_combined`, :func:`is_compressed`, :func:`is_distilled`,
+- Questions about a folder: :func:`is_combined`, :func:`is_compressed`, :func:`is_distilled`, :func:`has_projection`,
   :func:`compressed_dims`, :func:`read_projection`, :func:`int8_ranges`, :func:`check_verified`,
   :func:`exported_files`, :func:`part_folders`, :func:`modeling_version`.
 - Publishing: the allowlist of model files (:func:`model_files`) and their :func:`content_hash`.
@@ -253,6 +253,12 @@ def modeling_version(model_dir: str | Path) -> int:
         return 0
     match = MODELING_VERSION_LINE.search(path.read_text(encoding="utf-8", errors="replace"))
     return int(match.group(1)) if match else 1
+
+
+def has_projection(model: Any) -> bool:
+    """Whether a loaded model runs modules after its combined module (a compressed model's ``Dense`` + ``Normalize``):
+    its output is one projected vector, without the parts' columns."""
+    return any(type(module).__name__ == "Dense" for module in list(model)[1:])
 
 
 def is_finite_number(value: Any) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir, load_sts
+from hub_export.folder import has_projection
 from hub_export.quality.codes import (
     PartLayout,
     bytes_per_vector,
@@ -120,8 +121,8 @@ class PartTimer:
             handle.remove()
 
 
-def _compress(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str | None) -> np.ndarray:
-    """The vectors as stored and read back: float (shaped) or decoded codes."""
+def _as_stored(embeddings: np.ndarray, layouts: Sequence[PartLayout], scheme: str | None) -> np.ndarray:
+    """The vectors as a store holds and reads them back: float (shaped per part) or decoded codes."""
     if scheme is None:
         return prepare_queries(embeddings, layouts)
     return decode_codes(encode_codes(embeddings, layouts, scheme), layouts, scheme)
@@ -174,7 +175,7 @@ def evaluate_model(
         encoded["beir"] = (model.encode_query([queries[q] for q in query_ids], **kwargs), docs)
     total_seconds = time.perf_counter() - started
     timer.remove()
-    if len(model) > 1:  # compressed: the parts' columns are gone, the Matryoshka prefixes are the views
+    if has_projection(model):  # compressed: the parts' columns are gone, the Matryoshka prefixes are the views
         dims = list(matryoshka_dims or [model.get_sentence_embedding_dimension()])
         return matryoshka_rows(
             encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {},
@@ -193,11 +194,11 @@ def evaluate_model(
             row: dict[str, Any] = {"view": view, "setting": scheme or "float32"}
             if "sts" in encoded:
                 left, right, gold = encoded["sts"]
-                similarity = cosine_rows(_compress(left, layouts, scheme), _compress(right, layouts, scheme))
+                similarity = cosine_rows(_as_stored(left, layouts, scheme), _as_stored(right, layouts, scheme))
                 row["sts"] = sts_score(similarity, gold, f"{view} {row['setting']}")
             if "beir" in encoded:
                 q, d = encoded["beir"]
-                scores = unit_rows(prepare_queries(q, layouts)) @ unit_rows(_compress(d, layouts, scheme)).T
+                scores = unit_rows(prepare_queries(q, layouts)) @ unit_rows(_as_stored(d, layouts, scheme)).T
                 row |= {k: 100 * v for k, v in retrieval_metrics(scores, query_ids, doc_ids, qrels).items()}
             row["bytes"] = bytes_per_vector(layouts, scheme)
             row["encode_s"] = total_seconds if view == "concat" else timer.seconds[view]
@@ -209,10 +210,10 @@ MATRYOSHKA_SETTINGS = ("float32", "int8", "binary")
 RESCORE_MULTIPLIER = 4  # binary search keeps 4 x the needed candidates for float rescoring
 
 
-def matryoshka_codes(
+def stored_prefix_vectors(
     docs: np.ndarray, setting: str, ranges: tuple[np.ndarray, np.ndarray] | None = None
 ) -> tuple[np.ndarray, int]:
-    """Documents as stored and read back for ``setting``, and the bytes per vector.
+    """Documents as a store holds and reads them back for ``setting`` (decoded vectors), and the bytes per vector.
 
     int8: per-dimension ranges (calibrated ``ranges``, else these documents' own min / max, as
     sentence-transformers' ``quantize_embeddings`` calibrates), 256 levels; binary: the sign
@@ -255,15 +256,15 @@ def matryoshka_rows(
             row: dict[str, Any] = {"view": f"{dim}d", "setting": setting}
             if "sts" in encoded:
                 left, right, gold = encoded["sts"]
-                a, _ = matryoshka_codes(unit_rows(left[:, :dim]), setting, int8_ranges.get(dim))
-                b, _ = matryoshka_codes(unit_rows(right[:, :dim]), setting, int8_ranges.get(dim))
+                a, _ = stored_prefix_vectors(unit_rows(left[:, :dim]), setting, int8_ranges.get(dim))
+                b, _ = stored_prefix_vectors(unit_rows(right[:, :dim]), setting, int8_ranges.get(dim))
                 row["sts"] = sts_score(cosine_rows(a, b), gold, f"{dim}d {setting}")
             if "beir" in encoded:
                 q, d = (unit_rows(x[:, :dim]) for x in encoded["beir"])
-                stored, _ = matryoshka_codes(d, setting, int8_ranges.get(dim))
+                stored, _ = stored_prefix_vectors(d, setting, int8_ranges.get(dim))
                 scores = binary_rescored(q, stored, 100) if setting == "binary" else q @ unit_rows(stored).T
                 row |= {k: 100 * v for k, v in retrieval_metrics(scores, query_ids, doc_ids, qrels).items()}
-            row["bytes"] = matryoshka_codes(np.zeros((1, dim)), setting)[1]
+            row["bytes"] = stored_prefix_vectors(np.zeros((1, dim)), setting)[1]
             row["encode_s"] = seconds
             rows.append(row)
     return rows

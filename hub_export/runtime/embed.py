@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
-from hub_export.folder import file_sha256, int8_ranges, read_json, write_json
+from hub_export.folder import file_sha256, has_projection, int8_ranges, read_json, write_json
 from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.runtime.devices import check_devices
 
@@ -253,7 +253,7 @@ class _Encoder:
             job.model, trust_remote_code=True, revision=job.revision, device="cpu", **runtime.load_kwargs()
         )
         self.layouts, self.ranges = None, None
-        if job.dtype == "int8" and len(self.model) > 1:  # compressed: whole-vector per-dimension ranges
+        if job.dtype == "int8" and has_projection(self.model):  # compressed: whole-vector per-dimension ranges
             self.ranges = int8_ranges(Path(job.model), self.dimension)
             if self.ranges is None:
                 raise ValueError(f"{job.model} is compressed and has no int8 ranges: run `concat-embed calibrate`")

@@ -53,13 +53,13 @@ def test_calibrate_then_eval_rows_per_part_and_setting(model_copy, tmp_path, cap
 
 
 def test_matryoshka_int8_codes_use_calibrated_ranges_and_clip() -> None:
-    from hub_export.quality.evaluation import matryoshka_codes
+    from hub_export.quality.evaluation import stored_prefix_vectors
 
     docs = np.random.default_rng(0).normal(scale=0.2, size=(50, 8))
     low, high = np.full(8, -0.1), np.full(8, 0.1)
-    stored, size = matryoshka_codes(docs, "int8", (low, high))
+    stored, size = stored_prefix_vectors(docs, "int8", (low, high))
     assert size == 8 and stored.min() >= -0.1 - 1e-9 and stored.max() <= 0.1 + 1e-9
     inside = np.abs(docs) <= 0.1
     assert np.abs(stored - docs)[inside].max() <= 0.2 / 255 / 2 + 1e-9
-    own, _ = matryoshka_codes(docs, "int8")  # no calibration: the documents' own min / max
+    own, _ = stored_prefix_vectors(docs, "int8")  # no calibration: the documents' own min / max
     assert np.abs(own - docs).max() <= (docs.max(axis=0) - docs.min(axis=0)).max() / 255 / 2 + 1e-9
