@@ -19,7 +19,7 @@ TEXTS = ["what is snowflake?", "Snowflake is a cloud data platform.", ""]
 def test_llamaindex_matches_encode_query_and_document(built_model, loaded_model) -> None:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    # README snippet: query_instruction restores the saved query prompt (LlamaIndex replaces the
+    # docs/integrations.md snippet: query_instruction restores the saved query prompt (LlamaIndex replaces the
     # model's prompts with its own); normalize=False keeps the concatenation as the model returns it.
     embed_model = HuggingFaceEmbedding(
         model_name=str(built_model),

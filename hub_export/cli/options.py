@@ -93,5 +93,5 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
         "--quantization",
         default="auto",
         choices=QUANTIZATION_CHOICES,
-        help="auto (this CPU's int8 path; vectors move slightly, README Speed), none (exact) or int8-dynamic (torch)",
+        help="auto (this CPU's int8 path; vectors move slightly, docs/speed.md), none (exact) or int8-dynamic (torch)",
     )

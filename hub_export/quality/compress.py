@@ -47,7 +47,7 @@ from hub_export.vectors import project, unit_rows
 logger = logging.getLogger(__name__)
 
 METHODS = ("pca", "trained")
-DEFAULT_PSEUDO_QUERIES = "sentences"  # chosen on SciFact train queries + STS-B dev (README)
+DEFAULT_PSEUDO_QUERIES = "sentences"  # chosen on SciFact train queries + STS-B dev (docs/compression.md)
 TRAINING_DRAWS = 100_000  # anchors seen in training by default (--epochs unset): ~400 steps of 256
 
 

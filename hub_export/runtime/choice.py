@@ -1,7 +1,7 @@
 """What a model runs on in `embed` and `serve`: a backend and weight quantization, ``auto`` resolved for this CPU.
 
 ``auto`` (the CLI default) picks, for a combined model folder, the fastest path measured on this
-kind of CPU (README, Speed): the parts' ONNX Runtime int8 files for this CPU's family when the
+kind of CPU (docs/speed.md): the parts' ONNX Runtime int8 files for this CPU's family when the
 folder has them (``concat-embed export-backends --int8``) and onnxruntime is installed, else
 torch with dynamic int8 weights on a CPU with an int8 family (AVX2, AVX-512, VNNI, ARM64), else
 plain torch. On a CUDA machine, and for models that are not combined models (any

@@ -1,8 +1,12 @@
-"""``concat-embed build``: options reach the config; bad options get errors naming valid choices."""
+"""The command line: build's options reach the config, bad options get errors naming valid choices, the reference
+in docs/cli.md covers every command and option."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +83,17 @@ def test_single_part_and_missing_source_are_rejected(tiny_parts, tmp_path, capsy
         main(["build", "--part", "x=/nonexistent", "--part", f"y={tiny_parts['a']}", "--out", str(tmp_path / "m")])
     assert exc.value.code == 2
     assert "/nonexistent" in capsys.readouterr().err
+
+
+def test_cli_reference_documents_every_command_and_option() -> None:
+    from hub_export.cli import make_parser
+
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", reference, flags=re.MULTILINE | re.DOTALL))
+    parser = make_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(sections) == sorted(commands)
+    for name, command in commands.items():
+        for action in command._actions:
+            for flag in action.option_strings:
+                assert flag in sections[name], f"docs/cli.md: `{name}` does not mention {flag}"
