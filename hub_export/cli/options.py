@@ -5,9 +5,43 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from typing import TypeVar
 
 T = TypeVar("T")
+# The extra of concat-embed that installs each optional module (pyproject.toml's optional-dependencies).
+EXTRA_OF = {
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+    "scipy": "eval",
+    "pytrec_eval": "eval",
+    "matplotlib": "eval",
+    "pyarrow": "embed",
+    "ray": "ray",
+    "onnx": "backends",
+    "onnxscript": "backends",
+    "onnxruntime": "backends",
+    "openvino": "backends",
+    "nncf": "backends",
+    "accelerate": "train",
+    "datasets": "train",
+}
+
+
+def require(*modules: str) -> None:
+    """Refuse, before any work, a command whose optional modules are not installed; name the extra that brings them.
+
+    Raises:
+        ValueError: ``needs fastapi (not installed): pip install 'concat-embed[serve]'``.
+    """
+    missing = [name for name in modules if find_spec(name) is None]
+    if missing:
+        extras = ",".join(sorted({EXTRA_OF[name] for name in missing}))
+        raise ValueError(
+            f"needs {', '.join(missing)} (not installed): pip install 'concat-embed[{extras}]' "
+            f"(in a checkout: pip install -e '.[{extras}]')"
+        )
 
 
 def split_assignment(value: str, flag: str) -> tuple[str, str]:

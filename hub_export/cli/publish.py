@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from hub_export.cli.options import limit_int, per_part, positive_float, positive_int, split_assignment
+from hub_export.cli.options import limit_int, per_part, positive_float, positive_int, require, split_assignment
 
 if TYPE_CHECKING:
     from hub_export.publish.build import PartOptions
@@ -104,9 +104,13 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_export_backends(args: argparse.Namespace) -> int:
     """Export every part to ONNX / OpenVINO (fp32, optionally int8), check them against torch, add them."""
+    onnx = args.onnx or not args.openvino
+    require(
+        "onnx", "onnxscript", *(["onnxruntime"] if onnx else []), *(["openvino"] if args.openvino else []),
+        *(["nncf"] if args.openvino and args.int8 else []), *(["scipy"] if args.sts else []),
+    )  # fmt: skip
     from hub_export.publish.backends import export_backends
 
-    onnx = args.onnx or not args.openvino
     record = export_backends(
         args.model_dir, onnx=onnx, openvino=args.openvino, int8=args.int8, family=args.int8_for,
         calibration=args.calibration, sts=args.sts, sts_limit=args.sts_limit,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hub_export.cli.options import limit_int, positive_int, split_assignment, write_json_output
+from hub_export.cli.options import limit_int, positive_int, require, split_assignment, write_json_output
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -30,6 +30,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
+    require("scipy", *(["pytrec_eval"] if args.beir else []))
     from sentence_transformers import SentenceTransformer
 
     from hub_export.folder import compressed_dims, int8_ranges
@@ -51,6 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print pairwise similarity of models and write the heat map PNG."""
+    require("scipy", "pytrec_eval", "matplotlib")
     from hub_export.quality.compare import compare_models, format_comparison, write_heatmap
 
     result = compare_models(

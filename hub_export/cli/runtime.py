@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 
-from hub_export.cli.options import add_runtime_options, positive_int
+from hub_export.cli.options import add_runtime_options, positive_int, require
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed a corpus into sharded, resumable Parquet files."""
+    require("pyarrow", *(["ray"] if args.engine == "ray" else []))
     from hub_export.runtime.choice import choose_runtime
     from hub_export.runtime.embed import EmbedJob, run_embed
     from hub_export.runtime.memory import keep_freed_memory

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from hub_export.cli.options import add_runtime_options, positive_int
+from hub_export.cli.options import add_runtime_options, positive_int, require
 
 logger = logging.getLogger("hub_export")
 
@@ -20,6 +20,7 @@ def announce(model: str, url: str, engine: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over HTTP (OpenAI- and TEI-compatible) until interrupted."""
+    require("fastapi", "uvicorn", "prometheus_client", *(["ray"] if args.engine == "ray" else []))
     from hub_export.runtime.choice import choose_runtime
     from hub_export.serve.app import API_KEY_ENV
 

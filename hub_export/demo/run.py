@@ -24,11 +24,12 @@ DEMO_TEXTS = Path(__file__).with_name("texts.json")
 LEGEND = """
 Scores are cosine similarities of query and document vectors: per part (minilm_l6, minilm_l3) and
 for the concatenation (concat = the mean of the parts' cosines, as the parts have unit weight).
-The model is cached in {model_dir} ($CONCAT_EMBED_CACHE or --cache-dir moves it). Next:
+The model is cached in {model_dir} ($CONCAT_EMBED_CACHE or --cache-dir moves it). Next (the extra
+each command needs beyond the demo install, in a checkout: pip install -e '.[NAME]'):
   concat-embed verify {model_dir}
-  concat-embed eval {model_dir} --sts ../shared/data/stsb/test.tsv.gz --limit 100
-  concat-embed export-backends {model_dir} --int8   # ONNX Runtime files (pip install -e '.[backends]')
-  concat-embed serve {model_dir}      # OpenAI / TEI endpoints on http://127.0.0.1:8080
+  concat-embed eval {model_dir} --sts ../shared/data/stsb/test.tsv.gz --limit 100   # [eval]
+  concat-embed export-backends {model_dir} --int8   # ONNX Runtime files; [backends]
+  concat-embed serve {model_dir}   # OpenAI / TEI endpoints on http://127.0.0.1:8080; [serve]
 """
 
 

@@ -97,3 +97,37 @@ def test_cli_reference_documents_every_command_and_option() -> None:
         for action in command._actions:
             for flag in action.option_strings:
                 assert flag in sections[name], f"docs/cli.md: `{name}` does not mention {flag}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "hidden", "extra"),
+    [
+        (["serve", "{model}"], "fastapi", "serve"),
+        (["serve", "{model}", "--engine", "ray"], "ray", "ray"),
+        (["eval", "{model}", "--beir", "{data}/scifact"], "pytrec_eval", "eval"),
+        (["eval", "{model}", "--sts", "{data}/stsb/test.tsv.gz"], "scipy", "eval"),
+        (["compare", "{model}/alpha", "{model}/beta", "--beir", "{data}/scifact"], "matplotlib", "eval"),
+        (["embed", "{model}", "--input", "{data}/scifact/corpus.jsonl.gz", "--output", "{out}"], "pyarrow", "embed"),
+        (["export-backends", "{model}", "--int8"], "onnxscript", "backends"),
+        (["export-backends", "{model}", "--openvino"], "openvino", "backends"),
+    ],
+)
+def test_missing_extra_is_one_line_before_any_work(built_model, tmp_path, capsys, monkeypatch, argv, hidden, extra):
+    import sentence_transformers
+
+    from hub_export.cli import options
+    from tests.constants import DATA
+
+    real = options.find_spec
+    monkeypatch.setattr(options, "find_spec", lambda name: None if name == hidden else real(name))
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", lambda *a, **k: pytest.fail("a model loaded"))
+    argv = [arg.format(model=built_model, data=DATA, out=tmp_path / "out") for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err == (
+        f"concat-embed {argv[0]}: error: needs {hidden} (not installed): pip install 'concat-embed[{extra}]' "
+        f"(in a checkout: pip install -e '.[{extra}]')"
+    )
+    assert not (tmp_path / "out").exists()
