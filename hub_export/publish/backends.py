@@ -299,7 +299,8 @@ def _check_file(
     is_int8 = name not in BACKEND_DEFAULT_FILES.values()
     if not is_int8 and not (math.isfinite(diff) and diff <= FP32_TOLERANCE):
         raise ValueError(f"{name}: max |diff| vs torch = {diff:.2e} exceeds {FP32_TOLERANCE:g}; not added")
-    entry = {"backend": backend, "int8": is_int8, "max_abs_diff": diff}
+    precision = "int8, other operations f32" if is_int8 else "f32"  # OpenVINO's pinned (OPENVINO_PRECISION)
+    entry = {"backend": backend, "int8": is_int8, "precision": precision, "max_abs_diff": diff}
     if family and name == ONNX_INT8_FILES[family]:
         entry["cpu"] = family
     if sts_pairs is not None:

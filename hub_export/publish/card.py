@@ -96,11 +96,9 @@ def backend_rows(files: dict[str, Any]) -> list[dict[str, str]]:
         int8 = f"yes ({entry['cpu']})" if entry.get("cpu") else "yes" if entry.get("int8") else "no"
         change = entry.get("sts_change")
         change = f"{change:+.2f}" if isinstance(change, float) and math.isfinite(change) else "not measured"
-        backend = cell(entry.get("backend"))
-        if entry.get("precision"):
-            backend += f" ({cell(entry['precision'])})"
-        rows.append({"file": cell(name), "backend": backend, "int8": int8,
-                     "diff": diff_cell(entry.get("max_abs_diff")), "change": change})  # fmt: skip
+        rows.append({"file": cell(name), "backend": cell(entry.get("backend")), "int8": int8,
+                     "diff": diff_cell(entry.get("max_abs_diff")), "change": change,
+                     "precision": cell(entry.get("precision") or "not recorded")})  # fmt: skip
     return rows
 
 

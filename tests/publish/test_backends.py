@@ -64,7 +64,7 @@ def test_int8_file_is_used_and_stays_close(exported):
 
 
 def test_export_adds_recorded_allowlisted_files_and_a_card_section(exported):
-    folder, _ = exported
+    folder, record = exported
     listed = model_files(folder)
     for part in ("alpha", "beta", "gamma"):
         assert f"{part}/onnx/model.onnx" in listed and f"{part}/onnx/model_quint8_avx2.onnx" in listed
@@ -76,6 +76,7 @@ def test_export_adds_recorded_allowlisted_files_and_a_card_section(exported):
 
     card = render_card(folder)
     assert "## Exported runtimes" in card and "| onnx/model_quint8_avx2.onnx | onnx | yes (avx2) |" in card
+    assert "| int8, other operations f32 |" in card and record["files"]["onnx/model.onnx"]["precision"] == "f32"
 
 
 def test_auto_quantization_picks_the_int8_file_for_this_cpu(exported, monkeypatch):
@@ -211,3 +212,17 @@ def test_openvino_fp32_matches_and_int8_is_reported(model_copy, tiny_parts, tmp_
         "openvino/openvino_model.xml",
         "openvino/openvino_model_qint8_quantized.xml",
     }
+
+
+def test_openvino_runs_f32_whatever_the_cpu_offers(tmp_path) -> None:
+    """OpenVINO's CPU plugin picks bf16 by itself where the CPU has it (AVX-512 BF16, AMX): the precision is pinned."""
+    import openvino
+    from openvino import opset13
+
+    source = opset13.parameter([1, 4], openvino.Type.i64, name="input_ids")
+    hidden = opset13.convert(source, "f32")
+    path = tmp_path / "openvino_model.xml"
+    openvino.save_model(openvino.Model([hidden], [source], "tiny"), str(path))
+    exported = modeling.ExportedTransformer("openvino", str(path), config=None)
+    for threads in (1, 2):
+        assert exported._openvino_session(threads).get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32

@@ -35,7 +35,7 @@ def test_parts_table_lists_the_parts_when_the_folder_has_exported_runtimes(model
     assert [row[0] for row in parts] == ["alpha", "beta", "gamma"]
     assert [row[3] for row in parts] == ["32", "40", "48"] and parts[1][7] == "16" and parts[1][6] == "0.5"
     exported = table(card, "## Exported runtimes")
-    assert exported == [["onnx/model_x.onnx", "onnx", "yes (avx2)", "1.00e-02", "not measured"]]
+    assert exported == [["onnx/model_x.onnx", "onnx", "yes (avx2)", "1.00e-02", "not measured", "not recorded"]]
 
 
 def test_metadata_is_valid_yaml_whatever_the_licences_and_sources_say(model_copy: Path) -> None:
