@@ -119,13 +119,15 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--backend",
-        default="auto",
+        default="torch",
         choices=BACKEND_CHOICES,
-        help="torch, onnx, openvino (files from export-backends) or auto: the fastest this CPU and folder allow",
+        help="torch (default), onnx, openvino (files from export-backends) or auto (opt-in: the fastest this CPU and "
+        "folder allow; with --quantization auto, the parts' int8 files)",
     )
     parser.add_argument(
         "--quantization",
-        default="auto",
+        default="none",
         choices=QUANTIZATION_CHOICES,
-        help="auto (this CPU's int8 path; vectors move slightly, docs/speed.md), none (exact) or int8-dynamic (torch)",
+        help="none (default: the model's exact vectors), auto (opt-in: this CPU's int8 path; vectors move, cosine "
+        "~0.99 to the exact ones, docs/speed.md) or int8-dynamic (torch)",
     )

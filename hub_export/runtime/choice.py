@@ -1,8 +1,9 @@
 """What a model runs on in `embed` and `serve`: a backend and weight quantization, ``auto`` resolved for this CPU.
 
-``auto`` (the CLI default) picks, for a combined model folder, the fastest path measured on this
-kind of CPU (docs/speed.md): the parts' ONNX Runtime int8 files for this CPU's family when the
-folder has them (``concat-embed export-backends --int8``) and onnxruntime is installed, else
+The default is the exact model (``--backend torch --quantization none``): stored vectors and vectors
+encoded with ``SentenceTransformer`` agree. ``auto`` (opt-in) picks, for a combined model folder, the
+fastest path measured on this kind of CPU (docs/speed.md): the parts' ONNX Runtime int8 files for
+this CPU's family when the folder has them (``concat-embed export-backends --int8``) and onnxruntime is installed, else
 torch with dynamic int8 weights on a CPU with an int8 family (AVX2, AVX-512, VNNI, ARM64), else
 plain torch. On a CUDA machine, and for models that are not combined models (any
 sentence-transformers model can be served), ``auto`` keeps the model's own weights on torch.
@@ -52,7 +53,7 @@ def loaded_label(model: Any) -> str:
     return f"torch+{quantization}" if quantization else "torch"
 
 
-def choose_runtime(model: str, backend: str = "auto", quantization: str = "auto") -> Runtime:
+def choose_runtime(model: str, backend: str = "torch", quantization: str = "none") -> Runtime:
     """Resolve the CLI's ``--backend`` and ``--quantization`` for ``model`` on this machine.
 
     Raises:

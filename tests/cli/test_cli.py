@@ -131,3 +131,21 @@ def test_missing_extra_is_one_line_before_any_work(built_model, tmp_path, capsys
         f"(in a checkout: pip install -e '.[{extra}]')"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "serve"])
+def test_embed_and_serve_run_the_exact_model_unless_a_fast_path_is_asked_for(model_copy, command) -> None:
+    """Even where the folder has this CPU's int8 files, the defaults give the model's own vectors."""
+    from hub_export.cli import make_parser
+    from hub_export.modeling import ONNX_INT8_FILES
+    from hub_export.runtime.choice import Runtime, choose_runtime
+
+    for part in ("alpha", "beta", "gamma"):
+        for name in ONNX_INT8_FILES.values():
+            (model_copy / part / name).parent.mkdir(exist_ok=True)
+            (model_copy / part / name).write_bytes(b"int8 graph")
+    argv = [command, str(model_copy)] + (["--input", "x.jsonl", "--output", "o"] if command == "embed" else [])
+    args = make_parser().parse_args(argv)
+    assert choose_runtime(args.model, args.backend, args.quantization) == Runtime("torch", None)
+    fast = make_parser().parse_args([*argv, "--backend", "auto", "--quantization", "auto"])
+    assert choose_runtime(fast.model, fast.backend, fast.quantization) == Runtime("onnx", "auto")

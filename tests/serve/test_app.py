@@ -297,7 +297,8 @@ def test_auto_runtime_serves_this_cpus_int8_path_close_to_the_exact_vectors(buil
     from hub_export.modeling import auto_quantization, cpu_family
     from hub_export.runtime.choice import Runtime, choose_runtime
 
-    runtime = choose_runtime(str(built_model))  # the CLI default: --backend auto --quantization auto
+    assert choose_runtime(str(built_model)) == Runtime("torch", None)  # the default: the exact model
+    runtime = choose_runtime(str(built_model), "auto", "auto")  # the opt-in fast path
     assert runtime == Runtime("torch", "auto")  # this folder has no exported files
     embedder = load_embedder(str(built_model), runtime)
     chosen = auto_quantization(cpu_family(), cuda=False)
@@ -313,3 +314,4 @@ def test_auto_runtime_serves_this_cpus_int8_path_close_to_the_exact_vectors(buil
     assert choose_runtime("sentence-transformers/all-MiniLM-L6-v2") == Runtime()  # not a local combined model
     with pytest.raises(ValueError, match="needs a local combined model folder"):
         choose_runtime("sentence-transformers/all-MiniLM-L6-v2", "onnx")
+    assert choose_runtime("sentence-transformers/all-MiniLM-L6-v2", "auto", "auto") == Runtime()
