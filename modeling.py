@@ -854,6 +854,7 @@ class ConcatEmbedding(InputModule):
         self.specs = specs
         self.normalize_output = normalize_output
         self.model_prompts: dict[str, str] = {}
+        self._ambiguous_prompts: set[tuple[str, int]] = set()
         self.quantization: str | None = None
         self.backend, self.backend_file = "torch", None
         # On CPU, run with fewer torch threads while other processes keep cores busy (CpuShare).
@@ -928,13 +929,15 @@ class ConcatEmbedding(InputModule):
         if prompt is None:
             return None
         overrides = self.specs[index].prompts
-        if task in overrides and self.model_prompts.get(task, prompt) == prompt:
-            return overrides[task]
-        names = [name for name, text in self.model_prompts.items() if text == prompt and name in overrides]
-        texts = {overrides[name] for name in names}
-        if len(texts) > 1:
+        if task is not None and self.model_prompts.get(task, prompt) == prompt:
+            return overrides.get(task, prompt)
+        names = [name for name, text in self.model_prompts.items() if text == prompt]
+        texts = {overrides.get(name, prompt) for name in names}
+        if len(texts) > 1 and (prompt, index) not in self._ambiguous_prompts:
+            self._ambiguous_prompts.add((prompt, index))
             logger.warning(
-                "Prompt %r matches prompt names %s with different overrides for part %r; using it unchanged.",
+                "Prompt %r is the text of prompt names %s, which part %r overrides differently; using it unchanged "
+                "(encode_query / encode_document name the prompt).",
                 prompt,
                 names,
                 self.specs[index].name,

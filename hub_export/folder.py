@@ -44,6 +44,16 @@ LATER_FILES = (VERIFICATION_FILE, CARD_FILE)
 # The AutoModel route's root files; it returns the concatenation without a projection, so a
 # compressed folder leaves them out.
 AUTO_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# Names a part folder may not take: the folder's own files and folders (compared case-insensitively).
+RESERVED_NAMES = frozenset(
+    name.casefold()
+    for name in (
+        MODULES_FILE, REMOTE_CODE_FILE, CONFIG_FILE, ST_CONFIG_FILE, CARD_FILE, VERIFICATION_FILE, COMPRESSION_FILE,
+        BACKENDS_FILE, DISTILLATION_FILE, BUILD_RECORD, DENSE_DIR, NORMALIZE_DIR, "config.json", "onnx", "openvino",
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+        "sentence_bert_config.json", "model.safetensors", "1_Pooling", "2_Dense", "3_Normalize",
+    )
+)  # fmt: skip
 # The remote code's format version (``MODELING_VERSION = N`` in modeling.py). Version 2 reads
 # ``parts[i].code_ranges``; a modeling.py without the marker predates it.
 MODELING_VERSION_LINE = re.compile(r"^MODELING_VERSION = (\d+)$", re.MULTILINE)

@@ -12,7 +12,7 @@ import sentence_transformers
 import torch
 import transformers
 
-from hub_export.folder import MODULES_FILE, REMOTE_CODE_FILE, ST_CONFIG_FILE, write_json
+from hub_export.folder import MODULES_FILE, REMOTE_CODE_FILE, RESERVED_NAMES, ST_CONFIG_FILE, write_json
 from hub_export.modeling import (
     SAFE_NAME,
     SAFE_NAME_RULE,
@@ -24,7 +24,7 @@ from hub_export.modeling import (
 )
 from hub_export.outdir import check_output, write_whole
 from hub_export.publish.card import write_card
-from hub_export.publish.sources import load_source, resolve_source
+from hub_export.publish.sources import load_source, read_own_prompts, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_model(
                 dimension=next(d for d in map(embedding_dimension_of, reversed(pipeline)) if d is not None),
                 pooling=pooling_mode_of(pipeline[1]),
                 max_seq_length=pipeline[0].max_seq_length,
-                prompts=options.prompts,
+                prompts=part_prompts(options, read_own_prompts(resolved.path), prompts),
                 weight=options.weight,
                 truncate_dim=options.truncate_dim,
                 source=resolved.source,
@@ -111,6 +111,24 @@ def build_model(
     return write_whole(output_dir, lambda staging: write_model_folder(concat, prompts, staging, name=output_dir.name))
 
 
+def part_prompts(options: PartOptions, own: dict[str, str], prompts: dict[str, str]) -> dict[str, str]:
+    """A part's prompt texts that differ from the model-wide ones: its own (from its folder), then ``options.prompts``.
+
+    A part keeps the prompts it was trained with (e5-style ``query: ``) unless the user overrides them;
+    its prompt names that the combined model does not have are left out, with a warning naming them.
+    """
+    if unnamed := sorted(set(own) - set(prompts)):
+        logger.warning(
+            "part %r: its own prompt(s) %s have no model-wide name and are not used; give them a name with "
+            "--prompt NAME=TEXT, or its text for an existing name with --part-prompt %s.NAME=TEXT",
+            options.name,
+            {name: own[name] for name in unnamed},
+            options.name,
+        )
+    kept = {name: text for name, text in own.items() if name in prompts and text != prompts[name]}
+    return kept | options.prompts
+
+
 def check_part_options(parts: list[PartOptions], prompts: dict[str, str]) -> None:
     """Refuse unsafe or duplicate part names, non-finite weights and per-part prompts for unknown prompt names.
 
@@ -123,6 +141,11 @@ def check_part_options(parts: list[PartOptions], prompts: dict[str, str]) -> Non
     for options in parts:
         if not isinstance(options.name, str) or not SAFE_NAME.fullmatch(options.name):
             raise ValueError(f"part name {options.name!r} is not allowed: use {SAFE_NAME_RULE}")
+        if options.name.casefold() in RESERVED_NAMES:
+            raise ValueError(
+                f"part name {options.name!r} is the name of one of the model folder's own files or folders; "
+                "choose another name"
+            )
         if not math.isfinite(options.weight) or options.weight <= 0:
             raise ValueError(f"part {options.name!r}: weight {options.weight}: expected a finite number > 0")
         if unknown := sorted(set(options.prompts) - set(prompts)):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hub_export.folder import CARD_FILE, MODULES_FILE, PICKLE_PATTERNS, read_json
+from hub_export.folder import CARD_FILE, MODULES_FILE, PICKLE_PATTERNS, ST_CONFIG_FILE, read_json
 
 if TYPE_CHECKING:
     from torch import nn
@@ -103,6 +103,22 @@ def resolve_source(
     check_weights(path, source, allow_pickle)
     logger.info("Resolved %s to %s@%s", source, repo_id, path.name)
     return ResolvedSource(path, repo_id, path.name, read_card_license(path))
+
+
+def read_own_prompts(folder: Path) -> dict[str, str]:
+    """The prompts a sentence-transformers part folder ships (its ``config_sentence_transformers.json``), or {}.
+
+    Raises:
+        ValueError: Naming the file when its ``prompts`` is not an object of texts.
+    """
+    path = folder / ST_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    config = read_json(path)
+    prompts = config.get("prompts", {}) if isinstance(config, dict) else None
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise ValueError(f"{path}: 'prompts' must be an object mapping prompt names to texts")
+    return prompts
 
 
 def weights_folder(folder: Path) -> Path:
