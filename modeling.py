@@ -75,6 +75,8 @@ _LOADER_KWARGS = (
     "tokenizer_args",
     "config_args",
 )
+# The JSON files a part's module folder may hold (read again here, so that an invalid one is named).
+_MODULE_CONFIG_FILES = ("config.json", "sentence_bert_config.json", "tokenizer_config.json")
 _OFFSET_POSITION_TYPES = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xmod")
 # On CPU a batch runs in row chunks whose widest activation stays below this many bytes, which
 # bounds activation memory and drops each chunk's trailing padding. 12 MiB (2048 tokens of a
@@ -650,6 +652,21 @@ def save_part(pipeline: nn.Sequential, output_path: str, prompts: dict[str, str]
     )
 
 
+@contextlib.contextmanager
+def _quiet_weight_loading() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar for every model it loads (one per part): none while parts load."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    if enabled:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def load_part(
     model_name_or_path: str,
     subfolder: str,
@@ -694,8 +711,13 @@ def load_part(
         if not isinstance(module_path, str) or not all(SAFE_NAME.fullmatch(p) for p in module_path.split("/") if p):
             raise ValueError(f"{modules_where}: path {module_path!r} must be a folder inside the part")
         module_subfolder = Path(subfolder, module_path).as_posix()
+        for name in _MODULE_CONFIG_FILES:  # sentence-transformers' own readers name no file in a JSON error
+            config_path = InputModule.load_file_path(model_name_or_path, name, subfolder=module_subfolder, **hub_kwargs)
+            if config_path is not None:
+                read_json(config_path, Path(module_subfolder, name).as_posix())
         kwargs = transformer_kwargs if module_class.__name__ == "Transformer" else {}
-        modules.append(module_class.load(model_name_or_path, subfolder=module_subfolder, **hub_kwargs, **kwargs))
+        with _quiet_weight_loading():
+            modules.append(module_class.load(model_name_or_path, subfolder=module_subfolder, **hub_kwargs, **kwargs))
     names = [type(module).__name__ for module in modules]
     if len(names) < 3 or names[0] != "Transformer" or names[1] != "Pooling" or names[-1] != "Normalize":
         raise ValueError(f"{modules_where}: expected Transformer, Pooling, [Dense...], Normalize; got {names}")

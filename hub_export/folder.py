@@ -271,6 +271,35 @@ def has_projection(model: Any) -> bool:
     return any(type(module).__name__ == "Dense" for module in list(model)[1:])
 
 
+def check_json_files(model_dir: str | Path) -> None:
+    """Read every JSON file of a local model folder, so that an invalid one is named (file, line, column).
+
+    sentence-transformers and transformers read their configuration files without naming the one that
+    fails ("Expecting property name ...: line 1 column 14"). Hub ids and missing paths are left alone.
+
+    Raises:
+        ValueError: Naming the first invalid file.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        return
+    for relative in model_files(root, allow_pickle=True):
+        if relative.endswith(".json"):
+            read_json(root / relative, relative)
+
+
+def load_model(model: str | Path, **kwargs: Any) -> Any:
+    """``SentenceTransformer(model, trust_remote_code=True, **kwargs)`` after :func:`check_json_files`.
+
+    The remote code that runs is the folder's own ``modeling.py`` (or, for a Hub id, the repo's); each
+    part still runs its own code only when it was built so.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    check_json_files(model)
+    return SentenceTransformer(str(model), **({"trust_remote_code": True} | kwargs))
+
+
 def is_finite_number(value: Any) -> bool:
     """A real number (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

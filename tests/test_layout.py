@@ -15,6 +15,7 @@ LAYERS = {
     "hub_export.folder": 0,
     "hub_export.data": 0,
     "hub_export.vectors": 0,
+    "hub_export.encoding": 0,
     "hub_export.outdir": 0,
     "hub_export.publish": 1,
     "hub_export.quality": 2,

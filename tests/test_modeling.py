@@ -431,3 +431,10 @@ def test_two_models_in_two_threads_leave_torch_threads_as_found(built_model, loa
         assert after_pass == [4, 4] and fresh == [4] and torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(original)
+
+
+def test_loading_draws_no_weight_loading_bars(built_model, capfd) -> None:
+    """transformers draws a "Loading weights" bar for every model it loads; a combined model loads several."""
+    capfd.readouterr()
+    SentenceTransformer(str(built_model), trust_remote_code=True, device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err

@@ -31,14 +31,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Print (and optionally write as JSON) the per-part / concatenation evaluation table."""
     require("scipy", *(["pytrec_eval"] if args.beir else []))
-    from sentence_transformers import SentenceTransformer
-
-    from hub_export.folder import compressed_dims, int8_ranges
+    from hub_export.folder import compressed_dims, int8_ranges, load_model
     from hub_export.quality.evaluation import evaluate_model, format_table
     from hub_export.runtime.devices import check_devices
 
     check_devices([args.device])
-    model = SentenceTransformer(args.model, trust_remote_code=True, device=args.device)
+    model = load_model(args.model, device=args.device)
     dims = compressed_dims(args.model) or None  # a compressed folder: rows per Matryoshka dimension
     ranges = {dim: int8_ranges(args.model, dim) for dim in dims or []}
     rows = evaluate_model(

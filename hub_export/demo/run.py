@@ -14,7 +14,7 @@ import torch
 from torch.nn.functional import normalize
 
 from hub_export.demo.parts import L3_DIST, L6_DIST, demo_parts
-from hub_export.folder import is_combined
+from hub_export.folder import is_combined, load_model
 from hub_export.publish.build import MODELING_FILE, build_model
 from hub_export.quality.evaluation import part_views
 
@@ -58,10 +58,8 @@ def run_demo(
     Returns:
         ``{query: {"minilm_l6" | "minilm_l3" | "concat": [(score, document), ...]}}``.
     """
-    from sentence_transformers import SentenceTransformer
-
     model_dir = demo_model_dir(cache_dir, rebuild)
-    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
+    model = load_model(model_dir, device="cpu")
     texts = json.loads(DEMO_TEXTS.read_text())
     docs = torch.as_tensor(model.encode_document(texts["documents"]))
     queries = torch.as_tensor(model.encode_query(texts["queries"]))

@@ -31,6 +31,7 @@ from hub_export.folder import (
     VERIFICATION_FILE,
     check_model_folder,
     exported_files,
+    load_model,
     read_json,
     write_json,
 )
@@ -213,8 +214,6 @@ def export_backends(
         ValueError: When nothing is asked for, an fp32 file differs from torch by more than
             :data:`FP32_TOLERANCE`, or a file to write exists and was not written by this tool.
     """
-    from sentence_transformers import SentenceTransformer
-
     if not onnx and not openvino:
         raise ValueError("nothing to export: give onnx and/or openvino")
     model_dir = Path(model_dir)
@@ -223,7 +222,7 @@ def export_backends(
     sts_pairs = load_sts(sts, sts_limit) if sts else None
     texts = read_corpus_texts(calibration, 300) if calibration else PROBES
     wanted = planned_files(model_dir, onnx, openvino, int8, family)
-    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
+    model = load_model(model_dir, device="cpu")
     model.eval()
     reference = _measure(model, PROBES, sts_pairs)
     staging = staging_folder(model_dir)

@@ -25,6 +25,7 @@ from hub_export.folder import (
     VERIFICATION_FILE,
     check_model_folder,
     content_hash,
+    load_model,
     read_json,
     read_projection,
     write_json,
@@ -116,9 +117,7 @@ def check_tolerance(tolerance: Any) -> float:
 
 def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Run every check and return the verification record (written to ``verification.json``)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
+    model = load_model(model_dir, device="cpu")
     diffs: dict[str, float] = {}
     references, views = reference_embeddings(model_dir)
     projection = read_projection(model_dir)  # a compressed model: parts -> concatenation -> stored projection

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.data import read_corpus_texts
+from hub_export.encoding import encode_stage
 from hub_export.folder import (
     COMPRESSION_FILE,
     CONFIG_FILE,
@@ -17,6 +18,7 @@ from hub_export.folder import (
     check_model_folder,
     compression_record,
     is_compressed,
+    load_model,
     modeling_version,
     read_json,
     write_json,
@@ -45,8 +47,6 @@ def calibrate_folder(
     Returns:
         ``{part name: {scheme: {"low", "high", "dims"}}}`` as stored (``{"<k>d": {"int8": ...}}`` when compressed).
     """
-    from sentence_transformers import SentenceTransformer
-
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit = {limit!r}: expected a positive integer or None (all texts)")
     model_dir = Path(model_dir)
@@ -61,8 +61,8 @@ def calibrate_folder(
             "the ranges (parts[i].code_ranges): rebuild the folder with `concat-embed build ... --out` first"
         )
     texts = read_corpus_texts(corpus, limit)
-    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
-    embeddings = model.encode_document(texts, show_progress_bar=progress)
+    model = load_model(model_dir, device="cpu")
+    embeddings = encode_stage(model.encode_document, texts, "calibration sample (documents)", progress)
     if compressed:  # one vector, no part columns: per-dimension ranges of the whole vector
         result = calibrate_compressed(model_dir, embeddings)
         _invalidated(model_dir, COMPRESSION_FILE)

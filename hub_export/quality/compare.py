@@ -17,6 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir
+from hub_export.encoding import encode_stage
 from hub_export.quality.evaluation import retrieval_metrics
 from hub_export.vectors import unit_rows
 
@@ -69,7 +70,7 @@ def compare_models(
     Returns:
         ``{"models", "ndcg@10", "concat ndcg@10", "pairs": [...], "cka" and "jaccard" matrices}``.
     """
-    from sentence_transformers import SentenceTransformer
+    from hub_export.folder import load_model
 
     if len(model_paths) < 2:
         raise ValueError(f"compare needs at least 2 models, got {len(model_paths)}")
@@ -79,9 +80,11 @@ def compare_models(
     doc_ids, query_ids = list(corpus), list(queries)
     docs, scores, ndcg = [], [], []
     for path in model_paths:
-        model = SentenceTransformer(path, trust_remote_code=trust_remote_code, device="cpu")
-        d = unit_rows(model.encode_document([document_text(corpus[i]) for i in doc_ids], show_progress_bar=progress))
-        q = unit_rows(model.encode_query([queries[i] for i in query_ids], show_progress_bar=progress))
+        model = load_model(path, trust_remote_code=trust_remote_code, device="cpu")
+        name = Path(path).name
+        texts = [document_text(corpus[i]) for i in doc_ids]
+        d = unit_rows(encode_stage(model.encode_document, texts, f"{name}: documents", progress))
+        q = unit_rows(encode_stage(model.encode_query, [queries[i] for i in query_ids], f"{name}: queries", progress))
         docs.append(d)
         scores.append(q @ d.T)
         ndcg.append(100 * retrieval_metrics(scores[-1], query_ids, doc_ids, qrels)["ndcg@10"])

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from hub_export.encoding import encode_stage
 from hub_export.folder import (
     AUTO_MODEL_FILES,
     COMPRESSION_FILE,
@@ -37,6 +38,7 @@ from hub_export.folder import (
     check_model_folder,
     file_sha256,
     is_compressed,
+    load_model,
     model_files,
     read_json,
     write_json,
@@ -218,9 +220,8 @@ def compress_model(
         ValueError: On bad dims, method, corpus (fewer texts than the largest dim), an already
             compressed model, or an output folder that holds other files; nothing is written then.
     """
-    from sentence_transformers import SentenceTransformer
-
     from hub_export.data import check_pseudo_queries, read_corpus_texts, read_pseudo_queries
+    from hub_export.modeling import embedding_dimension_of
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if options.method not in METHODS:
@@ -241,8 +242,8 @@ def compress_model(
             logger.warning(
                 "%s: no %s to use as pseudo queries; training on documents only", options.corpus, options.pseudo_queries
             )
-    model = SentenceTransformer(str(model_dir), trust_remote_code=True, device="cpu")
-    full_dim = model.get_sentence_embedding_dimension()
+    model = load_model(model_dir, device="cpu")
+    full_dim = embedding_dimension_of(model)
     dims = parse_dims(options.dims, full_dim)
     if len(texts) < dims[0]:
         raise ValueError(
@@ -250,10 +251,12 @@ def compress_model(
             "give a larger corpus or smaller --dims"
         )
     started = time.perf_counter()
-    docs = model.encode_document(texts, batch_size=options.batch_size, show_progress_bar=progress)
+    docs = encode_stage(model.encode_document, texts, "corpus documents", progress, batch_size=options.batch_size)
     anchors = query_texts + pseudo if options.method == "trained" else []  # query-document neighbourhoods
     queries = (
-        model.encode_query(anchors, batch_size=options.batch_size, show_progress_bar=progress) if anchors else None
+        encode_stage(model.encode_query, anchors, "pseudo queries", progress, batch_size=options.batch_size)
+        if anchors
+        else None
     )
     encoded = time.perf_counter()
     if not np.isfinite(docs).all():

@@ -19,7 +19,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from hub_export.data import document_text, load_beir, load_sts
+from hub_export.encoding import encode_stage
 from hub_export.folder import has_projection
+from hub_export.modeling import embedding_dimension_of
 from hub_export.quality.codes import (
     PartLayout,
     bytes_per_vector,
@@ -165,18 +167,21 @@ def evaluate_model(
     encoded: dict[str, Any] = {}
     if sts is not None:
         first, second, gold = load_sts(sts, limit)
-        kwargs = {"batch_size": batch_size, "show_progress_bar": progress}
-        encoded["sts"] = (model.encode(first, **kwargs), model.encode(second, **kwargs), gold)
+        kwargs = {"batch_size": batch_size, "progress": progress}
+        left = encode_stage(model.encode, first, f"STS pairs, first sentences ({Path(sts).name})", **kwargs)
+        right = encode_stage(model.encode, second, f"STS pairs, second sentences ({Path(sts).name})", **kwargs)
+        encoded["sts"] = (left, right, gold)
     if beir is not None:
         corpus, queries, qrels = load_beir(beir, max_queries=limit, max_docs=10 * limit if limit else None)
         doc_ids, query_ids = list(corpus), list(queries)
-        kwargs = {"batch_size": batch_size, "show_progress_bar": progress}
-        docs = model.encode_document([document_text(corpus[d]) for d in doc_ids], **kwargs)
-        encoded["beir"] = (model.encode_query([queries[q] for q in query_ids], **kwargs), docs)
+        kwargs = {"batch_size": batch_size, "progress": progress}
+        docs = encode_stage(model.encode_document, [document_text(corpus[d]) for d in doc_ids], "documents", **kwargs)
+        queries_ = encode_stage(model.encode_query, [queries[q] for q in query_ids], "queries", **kwargs)
+        encoded["beir"] = (queries_, docs)
     total_seconds = time.perf_counter() - started
     timer.remove()
     if has_projection(model):  # compressed: the parts' columns are gone, the Matryoshka prefixes are the views
-        dims = list(matryoshka_dims or [model.get_sentence_embedding_dimension()])
+        dims = list(matryoshka_dims or [embedding_dimension_of(model)])
         return matryoshka_rows(
             encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {},
             int8_ranges,

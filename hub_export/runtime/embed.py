@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hub_export.data import INVALID, count_records, iter_records
-from hub_export.folder import file_sha256, has_projection, int8_ranges, read_json, write_json
+from hub_export.folder import file_sha256, has_projection, int8_ranges, load_model, read_json, write_json
 from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.runtime.devices import check_devices
 
@@ -245,13 +245,9 @@ class _Encoder:
     """Turns texts into output rows (float32 / float16 / calibrated int8) with the job's model."""
 
     def __init__(self, job: EmbedJob) -> None:
-        from sentence_transformers import SentenceTransformer
-
         self.job = job
         runtime = Runtime(job.backend, job.quantization)
-        self.model = SentenceTransformer(
-            job.model, trust_remote_code=True, revision=job.revision, device="cpu", **runtime.load_kwargs()
-        )
+        self.model = load_model(job.model, revision=job.revision, device="cpu", **runtime.load_kwargs())
         self.layouts, self.ranges = None, None
         if job.dtype == "int8" and has_projection(self.model):  # compressed: whole-vector per-dimension ranges
             self.ranges = int8_ranges(Path(job.model), self.dimension)
@@ -271,8 +267,9 @@ class _Encoder:
             from hub_export.quality.codes import bytes_per_vector
 
             return bytes_per_vector(self.layouts, "int8")
-        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        return dimension()
+        from hub_export.modeling import embedding_dimension_of
+
+        return embedding_dimension_of(self.model)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         kwargs = {"pool": self.pool} if self.pool is not None else {}

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from hub_export.folder import compressed_dims
+from hub_export.folder import compressed_dims, load_model
 from hub_export.runtime.choice import Runtime, loaded_label
 from hub_export.serve.batcher import DynamicBatcher
 from hub_export.serve.requests import (
@@ -209,12 +209,10 @@ def create_app(
 
 def load_embedder(model: str, runtime: Runtime | None = None, max_batch_tokens: int = 2048, **limits: int) -> Embedder:
     """Load ``model`` once for serving (remote code trusted) on ``runtime`` (default: exact torch)."""
-    from sentence_transformers import SentenceTransformer
-
     from hub_export.serve.requests import Limits
 
     runtime = runtime or Runtime()
-    loaded = SentenceTransformer(model, trust_remote_code=True, **runtime.load_kwargs())
+    loaded = load_model(model, **runtime.load_kwargs())
     logger.info("serving %s on %s", model, loaded_label(loaded))
     limits_ = Limits(max_batch_tokens=max_batch_tokens, **limits)
     return Embedder(loaded, model_id=model, limits=limits_, recorded_dims=compressed_dims(model))

@@ -110,7 +110,9 @@ class Embedder:
     @property
     def dimension(self) -> int:
         """Output dimension of the model."""
-        return int(self.model.get_sentence_embedding_dimension())
+        from hub_export.modeling import embedding_dimension_of
+
+        return int(embedding_dimension_of(self.model))
 
     @property
     def matryoshka_dims(self) -> list[int]:

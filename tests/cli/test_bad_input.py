@@ -89,6 +89,10 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
         code_ranges={"int8": {"low": float("nan"), "high": 1.0, "dims": 8}}))  # fmt: skip
     edited_model(built_model, root / "m_trust", lambda c: c["parts"][0].update(trust_remote_code="yes"))
     write(edited_model(built_model, root / "m_modules") / "alpha" / "modules.json", "[{")
+    write(edited_model(built_model, root / "m_sbert") / "alpha" / "sentence_bert_config.json", '{"max_seq_length": }')
+    write(edited_model(built_model, root / "m_pooling") / "beta" / "1_Pooling" / "config.json", "{'mode': 1}")
+    write(edited_model(built_model, root / "m_stconfig") / "config_sentence_transformers.json", '{"prompts": {,}}')
+    write(edited_model(built_model, root / "m_part_stconfig") / "gamma" / "config_sentence_transformers.json", "{")
     write(edited_model(built_model, root / "m_verif") / "verification.json", "{passed: true}")
     write(edited_model(built_model, root / "m_record") / ".concat-embed-build.json", '{"files": ["../../etc/passwd"]}')
     write(edited_model(built_model, root / "m_compressed") / "compression.json", '{"dims": [8]}')
@@ -206,6 +210,9 @@ CLI_CASES = [
     ("export-int8-for", lambda f: ["export-backends", str(f.model), "--int8", "--int8-for", "sse2"], 2, "int8 CPU family 'sse2': expected one of ['avx512_vnni', 'avx512', 'avx2', 'arm64']"),
     ("export-not-a-model", lambda f: ["export-backends", str(f.no_model)], 2, "not a combined model folder (no concat_config.json)"),
     ("calibrate-not-a-model", lambda f: ["calibrate", str(f.no_model), "--corpus", str(f.root / "corpus.jsonl")], 2, "not a combined model folder (no concat_config.json)"),
+    ("calibrate-stconfig-invalid-json", lambda f: ["calibrate", str(f.m_stconfig), "--corpus", str(f.root / "corpus.jsonl")], 2, "config_sentence_transformers.json: invalid JSON at line 1 column 14"),
+    ("calibrate-part-stconfig-invalid-json", lambda f: ["calibrate", str(f.m_part_stconfig), "--corpus", str(f.root / "corpus.jsonl")], 2, "gamma/config_sentence_transformers.json: invalid JSON at line 1 column 2"),
+    ("calibrate-pooling-invalid-json", lambda f: ["calibrate", str(f.m_pooling), "--corpus", str(f.root / "corpus.jsonl")], 2, "beta/1_Pooling/config.json: invalid JSON at line 1 column 2"),
     ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: dims do not apply"),
 ]  # fmt: skip
 
@@ -286,6 +293,8 @@ API_CASES = [
     ("config-range-nan", lambda f: load(f.m_nan_range), ValueError, "parts[0].code_ranges = {'int8': {'low': nan"),
     ("config-trust-not-bool", lambda f: load(f.m_trust), ValueError, "parts[0].trust_remote_code = 'yes': expected true or false"),
     ("part-modules-invalid-json", lambda f: load(f.m_modules), ValueError, "alpha/modules.json: invalid JSON at line 1 column 3"),
+    ("part-sbert-config-invalid-json", lambda f: load(f.m_sbert), ValueError, "alpha/sentence_bert_config.json: invalid JSON at line 1 column 20"),
+    ("part-pooling-config-invalid-json", lambda f: load(f.m_pooling), ValueError, "beta/1_Pooling/config.json: invalid JSON at line 1 column 2"),
     ("max-seq-setter", set_model_length, ValueError, "part 'alpha'.max_seq_length = 100000: exceeds the part's position limit of 64 tokens"),
     ("verify-tolerance-nan", verify_nan_tolerance, ValueError, "tolerance = nan: expected a finite number > 0"),
     ("compare-k-zero", compare_k0, ValueError, "k = 0: expected a positive integer"),

@@ -63,3 +63,21 @@ def test_matryoshka_int8_codes_use_calibrated_ranges_and_clip() -> None:
     assert np.abs(stored - docs)[inside].max() <= 0.2 / 255 / 2 + 1e-9
     own, _ = stored_prefix_vectors(docs, "int8")  # no calibration: the documents' own min / max
     assert np.abs(own - docs).max() <= (docs.max(axis=0) - docs.min(axis=0)).max() / 255 / 2 + 1e-9
+
+
+def test_progress_bars_name_their_stage_and_no_future_warnings(built_model, capsys) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # e.g. get_sentence_embedding_dimension's rename in ST 6.3
+        code = main(["eval", str(built_model), "--sts", str(DATA / "stsb" / "test.tsv.gz"), "--limit", "20",
+                     "--beir", str(DATA / "scifact")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "Batches" not in err
+    for stage in (
+        "STS pairs, first sentences (test.tsv.gz)",
+        "STS pairs, second sentences (test.tsv.gz)",
+        "documents",
+        "queries",
+    ):
+        assert f"{stage}: 100%" in err, stage
