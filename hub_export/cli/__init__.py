@@ -26,6 +26,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (publish, quality, runtime, serve, demo):
         group.register(sub)
+    for command in sub.choices.values():  # a command's own errors print its own usage (see main)
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -59,7 +61,9 @@ def describe(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``concat-embed`` and ``python -m hub_export``."""
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would print the top-level usage for an option the command does not have
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:  # no library chatter: load reports, weight-loading bars (read at import)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

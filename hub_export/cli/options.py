@@ -94,6 +94,17 @@ def limit_int(raw: str) -> int | None:
     return value or None
 
 
+def port_number(raw: str) -> int:
+    """A TCP port: an integer in [0, 65535] (0 = any free port)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise OptionError(f"expected a port number in [0, 65535] (0 = any free port), got {raw!r}")
+    return value
+
+
 def positive_float(raw: str) -> float:
     """A finite number > 0 (``inf``, ``nan`` and ``1e309`` are refused)."""
     try:

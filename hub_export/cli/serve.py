@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from hub_export.cli.options import add_runtime_options, positive_int, require
+from hub_export.cli.options import add_runtime_options, port_number, positive_int, require
 
 logger = logging.getLogger("hub_export")
 
@@ -32,14 +32,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logger.warning(
             "serving on %s: reachable from other machines%s", args.host, "" if api_key else " without an API key"
         )
+    from hub_export.serve.app import bound_socket
+
     if args.engine == "ray":
         from hub_export.serve.ray_engine import ray_application, run_ray
 
+        bound_socket(args.host, args.port).close()  # a busy port fails now, not after Ray and the model start
         app = ray_application(args.model, runtime, limits, api_key, args.replicas, args.max_replicas)
         url = f"http://{args.host}:{args.port}"
         run_ray(app, args.host, args.port, args.ray_address, ready=lambda: announce(args.model, url, "ray"))
         return 0
-    from hub_export.serve.app import bound_socket, create_app, load_embedder, run_local
+    from hub_export.serve.app import create_app, load_embedder, run_local
 
     if args.threads:
         import torch
@@ -59,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("model", help="combined model folder or Hub id (any sentence-transformers model works)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
+    serve.add_argument("--port", type=port_number, default=8080, help="port (0 = any free port)")
 
     add_runtime_options(serve)
     serve.add_argument(

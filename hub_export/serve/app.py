@@ -219,12 +219,22 @@ def load_embedder(model: str, runtime: Runtime | None = None, max_batch_tokens: 
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (clients may connect as soon as this returns)."""
+    """A listening TCP socket (clients may connect as soon as this returns).
+
+    Raises:
+        OSError: Naming ``host:port`` when the port is taken or the host cannot be bound.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise OSError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; stop what listens there or choose another port"
+        ) from None
     return sock
 
 

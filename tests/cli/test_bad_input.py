@@ -213,6 +213,8 @@ CLI_CASES = [
     ("calibrate-stconfig-invalid-json", lambda f: ["calibrate", str(f.m_stconfig), "--corpus", str(f.root / "corpus.jsonl")], 2, "config_sentence_transformers.json: invalid JSON at line 1 column 14"),
     ("calibrate-part-stconfig-invalid-json", lambda f: ["calibrate", str(f.m_part_stconfig), "--corpus", str(f.root / "corpus.jsonl")], 2, "gamma/config_sentence_transformers.json: invalid JSON at line 1 column 2"),
     ("calibrate-pooling-invalid-json", lambda f: ["calibrate", str(f.m_pooling), "--corpus", str(f.root / "corpus.jsonl")], 2, "beta/1_Pooling/config.json: invalid JSON at line 1 column 2"),
+    ("serve-port-too-large", lambda f: ["serve", str(f.model), "--port", "70000"], 2, "argument --port: expected a port number in [0, 65535] (0 = any free port), got '70000'"),
+    ("serve-port-negative", lambda f: ["serve", str(f.model), "--port", "-1"], 2, "argument --port: expected a port number in [0, 65535] (0 = any free port), got '-1'"),
     ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: dims do not apply"),
 ]  # fmt: skip
 

@@ -149,3 +149,28 @@ def test_embed_and_serve_run_the_exact_model_unless_a_fast_path_is_asked_for(mod
     assert choose_runtime(args.model, args.backend, args.quantization) == Runtime("torch", None)
     fast = make_parser().parse_args([*argv, "--backend", "auto", "--quantization", "auto"])
     assert choose_runtime(fast.model, fast.backend, fast.quantization) == Runtime("onnx", "auto")
+
+
+def test_a_mistyped_option_prints_the_commands_own_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--part", "a=b", "--prat", "x=y", "--out", "o"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("usage: concat-embed build ")
+    assert err.strip().splitlines()[-1] == "concat-embed build: error: unrecognized arguments: --prat x=y"
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_serve_on_a_busy_port_names_it_before_loading_anything(built_model, capsys, monkeypatch, engine) -> None:
+    from hub_export.serve import app
+
+    monkeypatch.setattr(app, "load_embedder", lambda *a, **k: pytest.fail("the model loaded"))
+    busy = app.bound_socket("127.0.0.1", 0)
+    port = busy.getsockname()[1]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", str(built_model), "--port", str(port), "--engine", engine])
+    finally:
+        busy.close()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"concat-embed serve: error: cannot listen on 127.0.0.1:{port}: Address already in use")
