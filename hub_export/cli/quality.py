@@ -78,8 +78,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )  # fmt: skip
     record = compress_model(args.model_dir, args.out, options, progress=not args.no_progress)
     sys.stdout.write(f"{args.out}\n")
-    for dim, value in record["similarity_fidelity"].items():
-        sys.stdout.write(f"{dim:>6} dims  similarity fidelity {value:.4f}\n")
+    for dim, value in record["neighbours_kept_at_10"].items():
+        sys.stdout.write(f"{dim:>6} dims  keeps {100 * value:.1f}% of each document's 10 nearest documents\n")
     return 0
 
 

@@ -73,7 +73,15 @@ def part_rows(parts: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def compression_context(compression: dict[str, Any]) -> dict[str, Any]:
     """The Compression section's values from ``compression.json``."""
-    fidelity = compression.get("similarity_fidelity") or {}
+    if isinstance(kept := compression.get("neighbours_kept_at_10"), dict):
+        measure = (
+            "of each corpus document's 10 nearest documents (full vector), the share it keeps among its 10 nearest"
+        )
+        rows = [{"dims": k, "value": f"{100 * v:.1f}%" if isinstance(v, float) else cell(v)} for k, v in kept.items()]
+    else:  # written before neighbours_kept_at_10
+        measure = "similarity fidelity (Pearson r of pairwise cosines vs the full concatenation, held-out corpus)"
+        fidelity = compression.get("similarity_fidelity") or {}
+        rows = [{"dims": k, "value": f"{v:.4f}" if isinstance(v, float) else cell(v)} for k, v in fidelity.items()]
     return {
         "source_dimension": compression["source_dimension"],
         "dimension": compression["dims"][0],
@@ -83,8 +91,8 @@ def compression_context(compression: dict[str, Any]) -> dict[str, Any]:
         "sha": compression["corpus"]["sha256"][:12],
         "anchors": cell(_anchor_text(compression)),
         "dims": ", ".join(map(str, compression["dims"])),
-        "measure": "similarity fidelity (Pearson r of pairwise cosines vs the full concatenation, held-out corpus)",
-        "rows": [{"dims": k, "value": f"{v:.4f}" if isinstance(v, float) else cell(v)} for k, v in fidelity.items()],
+        "measure": measure,
+        "rows": rows,
     }
 
 

@@ -12,7 +12,7 @@ from the corpus (every sentence of each document body by default, or its titles;
 The result is a model folder: the same parts, then a standard sentence-transformers ``Dense``
 (the projection) and ``Normalize``, so sentence-transformers' own ``truncate_dim`` cuts the
 least important dimensions. ``compression.json`` records the method, the corpus (name, size,
-sha256), the dimensions and the measured similarity fidelity per dimension.
+sha256), the dimensions and, per dimension, the share of each document's 10 nearest documents it keeps.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from hub_export.encoding import encode_stage
 from hub_export.folder import (
     AUTO_MODEL_FILES,
     COMPRESSION_FILE,
+    CONFIG_FILE,
     DENSE_DIR,
     LATER_FILES,
     MODULES_FILE,
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("pca", "trained")
 DEFAULT_PSEUDO_QUERIES = "sentences"  # chosen on SciFact train queries + STS-B dev (docs/compression.md)
+MIN_VARIANCE = 1e-6  # total variance of the corpus vectors below which there is nothing to project
 TRAINING_DRAWS = 100_000  # anchors seen in training by default (--epochs unset): ~400 steps of 256
 
 
@@ -168,15 +170,29 @@ def train_projection(
     return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
 
 
-def fidelity(full: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: Sequence[int]) -> dict[str, float]:
-    """Per dimension: Pearson correlation of pairwise cosines (compressed vs full) over the given vectors."""
-    units = unit_rows(np.asarray(full, dtype=np.float64))
-    reference = units @ units.T
-    mask = ~np.eye(len(full), dtype=bool)
+def neighbours_kept(
+    full: np.ndarray, weight: np.ndarray, bias: np.ndarray, dims: Sequence[int], anchors: np.ndarray, k: int = 10
+) -> dict[str, float]:
+    """Per dimension: of each anchor document's ``k`` nearest documents under the full vector, the share that the
+    compressed vector (cut to that dimension) also ranks among its ``k`` nearest; 1.0 keeps every neighbour.
+
+    A measure a user can read ("keeps 9 of 10 nearest documents"), unlike a correlation of raw cosines, which the
+    projection's centering lowers at every size even where the rankings are kept.
+    """
+    k = min(k, len(full) - 1)
+    if k < 1:
+        return {}
+
+    def nearest(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors[anchors] @ vectors.T
+        similarity[np.arange(len(anchors)), anchors] = -np.inf  # not itself
+        return np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+
+    reference = nearest(unit_rows(np.asarray(full, dtype=np.float64)))
     result = {}
-    for k in dims:
-        compressed = project(full, weight, bias, k)
-        result[str(k)] = float(np.corrcoef((compressed @ compressed.T)[mask], reference[mask])[0, 1])
+    for dim in dims:
+        found = nearest(project(full, weight, bias, dim))
+        result[str(dim)] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(reference, found)]))
     return result
 
 
@@ -199,6 +215,32 @@ class CompressOptions:
 def training_epochs(anchors: int) -> int:
     """The default number of passes: about :data:`TRAINING_DRAWS` anchors in all, at least one pass."""
     return max(1, round(TRAINING_DRAWS / max(anchors, 1)))
+
+
+def source_dimension(model_dir: Path) -> int:
+    """The width of an uncompressed combined model's vector, from its ``concat_config.json`` (no model loaded)."""
+    from hub_export.modeling import parse_concat_config
+
+    specs, _ = parse_concat_config(read_json(model_dir / CONFIG_FILE), CONFIG_FILE)
+    return sum(spec.output_dimension for spec in specs)
+
+
+def check_corpus(corpus: str | Path, texts: Sequence[str], largest: int) -> None:
+    """Refuse, before any encoding, a corpus with fewer texts, or fewer different texts, than the largest dimension.
+
+    Raises:
+        ValueError: Naming the corpus, its counts and the dimension.
+    """
+    if len(texts) < largest:
+        raise ValueError(
+            f"{corpus}: {len(texts)} texts are fewer than the largest dimension {largest}; "
+            "give a larger corpus or smaller dims"
+        )
+    if (distinct := len(set(texts))) < largest:
+        raise ValueError(
+            f"{corpus}: {len(texts)} texts but only {distinct} different ones, fewer than the largest dimension "
+            f"{largest}; give a corpus of varied texts"
+        )
 
 
 def check_source_model(model_dir: Path) -> None:
@@ -232,6 +274,8 @@ def compress_model(
     check_source_model(model_dir)
     check_output(output_dir, [model_dir])
     texts = read_corpus_texts(options.corpus, options.limit)
+    dims = parse_dims(options.dims, source_dimension(model_dir))
+    check_corpus(options.corpus, texts, dims[0])
     query_texts = read_corpus_texts(options.queries) if options.queries else []
     pseudo = []
     if options.method == "trained":
@@ -244,12 +288,6 @@ def compress_model(
             )
     model = load_model(model_dir, device="cpu")
     full_dim = embedding_dimension_of(model)
-    dims = parse_dims(options.dims, full_dim)
-    if len(texts) < dims[0]:
-        raise ValueError(
-            f"{options.corpus}: {len(texts)} texts are fewer than the largest dimension {dims[0]}; "
-            "give a larger corpus or smaller --dims"
-        )
     started = time.perf_counter()
     docs = encode_stage(model.encode_document, texts, "corpus documents", progress, batch_size=options.batch_size)
     anchors = query_texts + pseudo if options.method == "trained" else []  # query-document neighbourhoods
@@ -261,6 +299,11 @@ def compress_model(
     encoded = time.perf_counter()
     if not np.isfinite(docs).all():
         raise ValueError(f"{model_dir}: the model's outputs on the corpus are not finite; run `verify`")
+    if (variance := float(docs.var(axis=0).sum())) < MIN_VARIANCE:
+        raise ValueError(
+            f"{options.corpus}: the model's vectors of these {len(texts)} texts barely differ (total variance "
+            f"{variance:.1e}); a projection fitted on them would be arbitrary: give a corpus of varied texts"
+        )
     held_out = np.random.default_rng(options.seed).permutation(len(docs))[: min(500, len(docs) // 10 or 1)]
     weight, bias = fit_pca(docs, dims[0])
     epochs = 0
@@ -284,7 +327,7 @@ def compress_model(
         if options.method == "trained"
         else None,
         "epochs": epochs,
-        "similarity_fidelity": fidelity(docs[held_out], weight, bias, dims),
+        "neighbours_kept_at_10": neighbours_kept(docs, weight, bias, dims, held_out),
         "seconds": {"encode": round(encoded - started, 1), "fit": round(fitted - encoded, 1)},
     }
     write_whole(

@@ -207,10 +207,11 @@ def test_compressed_folder_verifies_publishes_and_documents_itself(compressed) -
     record = json.loads((compressed / "compression.json").read_text())
     assert (record["method"], record["dims"], record["source_dimension"]) == ("pca", DIMS, 96)
     assert record["corpus"]["name"] == "corpus.txt" and record["corpus"]["texts"] == 120
-    fidelity = [record["similarity_fidelity"][str(k)] for k in DIMS]
-    assert all(0.5 < value <= 1.0 for value in fidelity)
+    kept = [record["neighbours_kept_at_10"][str(k)] for k in DIMS]
+    assert all(0.1 <= value <= 1.0 for value in kept) and kept == sorted(kept, reverse=True)
     card = (compressed / "README.md").read_text()
     assert "## Compression" in card and "**48 dimensions**" in card and "truncate_dim" in card
+    assert f"| {DIMS[0]} | {100 * kept[0]:.1f}% |" in card and "the share it keeps among its 10 nearest" in card
 
 
 def test_server_accepts_the_recorded_matryoshka_dims(compressed) -> None:
@@ -304,4 +305,51 @@ def test_diverged_training_is_refused_and_writes_nothing(built_model, corpus, tm
     monkeypatch.setattr(compress, "train_projection", lambda docs, w, b, *a, **k: (w * np.nan, b))
     with pytest.raises(ValueError, match=r"corpus.txt: training diverged \(non-finite weights\); use the pca method"):
         compress_model(built_model, tmp_path / "out", CompressOptions(str(corpus), [24], epochs=1), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_neighbours_kept_by_hand() -> None:
+    from hub_export.quality.compress import neighbours_kept
+
+    points = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.4], [0.0, 1.0, 0.0], [0.1, 0.9, -0.4], [0.0, 0.0, 1.0]])
+    identity = neighbours_kept(points, np.eye(3), np.zeros(3), [3], np.arange(5), k=1)
+    assert identity == {"3": 1.0}
+    # keeping only the first coordinate: point 1's nearest is point 0 in both; point 4 (all zero) loses its own
+    first = neighbours_kept(points, np.eye(3)[:1], np.zeros(1), [1], np.array([1]), k=1)
+    assert first == {"1": 1.0}
+    mixed = neighbours_kept(points, np.eye(3)[[2]], np.zeros(1), [1], np.array([0, 2]), k=1)
+    assert 0.0 <= mixed["1"] < 1.0
+
+
+def test_a_corpus_too_small_or_all_alike_is_refused_before_the_model_loads(built_model, tmp_path, monkeypatch) -> None:
+    from hub_export import folder
+    from hub_export.quality import compress
+
+    monkeypatch.setattr(compress, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    small = tmp_path / "small.txt"
+    small.write_text("\n".join(f"text number {i}" for i in range(10)))
+    with pytest.raises(ValueError, match=r"small.txt: 10 texts are fewer than the largest dimension 48"):
+        compress_model(built_model, tmp_path / "out", CompressOptions(str(small), [48]), progress=False)
+    same = tmp_path / "same.jsonl"
+    same.write_text('{"text": "the same text"}\n' * 400)
+    with pytest.raises(ValueError, match=r"same.jsonl: 400 texts but only 1 different ones, fewer than the largest"):
+        compress_model(built_model, tmp_path / "out", CompressOptions(str(same), [48]), progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n' * 400)
+    with pytest.raises(ValueError, match=r"400 texts but only 1 different ones"):
+        compress_model(built_model, tmp_path / "out", CompressOptions(str(empty), [48]), progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    with pytest.raises(ValueError, match=r"refusing to write a non-finite number"):
+        folder.write_json(tmp_path / "nan.json", {"x": float("nan")})
+    assert not (tmp_path / "nan.json").exists()
+
+
+def test_vectors_that_barely_differ_are_refused(built_model, tmp_path, monkeypatch) -> None:
+    from hub_export.quality import compress
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"text number {i}" for i in range(60)))
+    monkeypatch.setattr(compress, "encode_stage", lambda encode, texts, *a, **k: np.ones((len(texts), 96)) / 96**0.5)
+    with pytest.raises(ValueError, match=r"corpus.txt: the model's vectors of these 60 texts barely differ"):
+        compress_model(built_model, tmp_path / "out", CompressOptions(str(corpus), [24]), progress=False)
     assert not (tmp_path / "out").exists()
