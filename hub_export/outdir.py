@@ -9,9 +9,12 @@ equals or lies inside one of the inputs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -92,10 +95,50 @@ def check_output(output: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     return output
 
 
+def _owner() -> str:
+    """This process as staging folders name it: a short hash of the host name and the process id."""
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}-{os.getpid()}"
+
+
 def staging_folder(output: Path) -> Path:
-    """A new empty folder beside ``output`` to write into (same file system, so the final move is a rename)."""
+    """A new empty folder beside ``output`` to write into (same file system, so the final move is a rename).
+
+    It is named ``.<output>.<host hash>-<pid>.<random>.partial``; staging folders of ``output`` that a process
+    of this host left behind and that no longer runs (killed mid-write) are removed first.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    remove_stale_staging(output)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}.{_owner()}.", suffix=".partial", dir=output.parent))
+
+
+def remove_stale_staging(output: Path) -> list[Path]:
+    """Remove this tool's staging folders of ``output`` whose process (on this host) has ended; return them.
+
+    Only real folders named as :func:`staging_folder` names them count: links, other hosts' folders, running
+    processes' folders and anything else beside ``output`` are left alone.
+    """
+    host = _owner().split("-")[0]
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.{host}-(\d+)\.[A-Za-z0-9_]+\.partial")
+    removed = []
+    for candidate in output.parent.iterdir() if output.parent.is_dir() else []:
+        match = pattern.fullmatch(candidate.name)
+        if not match or candidate.is_symlink() or not candidate.is_dir() or _running(int(match.group(1))):
+            continue
+        shutil.rmtree(candidate)
+        logger.info("removed %s, left behind by a run that ended before it finished", candidate)
+        removed.append(candidate)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id runs on this host (one that cannot be signalled counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def commit_output(staging: Path, output: Path) -> Path:

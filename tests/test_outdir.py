@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,29 @@ def test_files_are_not_added_below_a_linked_folder(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"\['alpha/onnx'\] is a symbolic link; replace it with a real folder"):
         add_files(folder, staged)
     assert list(outside.iterdir()) == [] and not (folder / RECORD).exists()
+
+
+def test_staging_folders_of_ended_runs_are_removed_and_nothing_else(tmp_path) -> None:
+    import subprocess
+
+    from hub_export.outdir import _owner, staging_folder, write_whole
+
+    out = tmp_path / "out"
+    host = _owner().split("-")[0]
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # its pid ran on this host and has ended
+    stale = tmp_path / f".out.{host}-{ended.pid}.k2x_9q.partial"
+    running = tmp_path / f".out.{host}-{os.getpid()}.a1b2c3.partial"
+    other_host = tmp_path / f".out.00000000-{ended.pid}.a1b2c3.partial"
+    lookalike = tmp_path / ".out.mine.partial"
+    for folder in (stale, running, other_host, lookalike):
+        (folder / "1_Dense").mkdir(parents=True)
+        (folder / "1_Dense" / "model.safetensors").write_bytes(b"x" * 100)
+    link = tmp_path / f".out.{host}-{ended.pid}.linked.partial"
+    link.symlink_to(lookalike)
+    write_whole(out, lambda staging: (staging / "a.txt").write_text("new"))
+    assert not stale.exists() and (out / "a.txt").read_text() == "new"
+    assert running.is_dir() and other_host.is_dir() and lookalike.is_dir() and link.is_symlink()
+    assert (lookalike / "1_Dense" / "model.safetensors").is_file()
+    fresh = staging_folder(out)
+    assert fresh.name.startswith(f".out.{_owner()}.") and fresh.name.endswith(".partial")

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")  # used with fullmatch
-SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 SKIPPED_PATTERNS = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.gguf", "coreml/*"]
 
 
@@ -133,6 +132,32 @@ def weights_folder(folder: Path) -> Path:
     return folder / first
 
 
+def check_index(index: Path, source: str) -> None:
+    """Refuse a sharded-weights index whose ``weight_map`` names anything but safetensors files inside its folder.
+
+    Raises:
+        ValueError: Naming the part, the index and the file it points at.
+    """
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"part source {source!r}: {index.name} has no weight_map")
+    for name in sorted(set(weight_map.values()), key=str):
+        target = index.parent / name if isinstance(name, str) else None
+        if (
+            target is None
+            or not name.endswith(".safetensors")
+            or Path(name).is_absolute()
+            or ".." in Path(name).parts
+            or target.is_symlink()
+            or not target.is_file()
+        ):
+            raise ValueError(
+                f"part source {source!r}: {index.name} points at {name!r}, which is not a safetensors file in its "
+                "folder; only safetensors weights are accepted unless --allow-pickle"
+            )
+
+
 def check_weights(folder: Path, source: str, allow_pickle: bool) -> None:
     """Refuse a part whose loaded weights are pickles (unless allowed); stray files elsewhere do not count.
 
@@ -140,7 +165,12 @@ def check_weights(folder: Path, source: str, allow_pickle: bool) -> None:
     when present, else ``pytorch_model.bin``: that folder is what is checked.
     """
     weights = weights_folder(folder)
-    if any((weights / name).is_file() for name in SAFETENSORS_FILES):
+    if (weights / "model.safetensors").is_file():
+        return
+    index = weights / "model.safetensors.index.json"
+    if index.is_file():  # what transformers loads is what the index points at: check each file it names
+        if not allow_pickle:
+            check_index(index, source)
         return
     pickles = sorted(p.name for pattern in PICKLE_PATTERNS for p in weights.glob(pattern) if p.is_file())
     if allow_pickle and pickles:

@@ -77,6 +77,12 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     shutil.copytree(tiny_parts["a"], pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     write(pickled / "onnx" / "unused.safetensors", b"stray")
+    indexed = root / "indexed"  # pickle weights behind a safetensors index (its weight_map points at the .bin)
+    shutil.copytree(pickled, indexed)
+    write(indexed / "model.safetensors.index.json", json.dumps({"weight_map": {"embeddings.x": "pytorch_model.bin"}}))
+    escaping = root / "escaping"  # an index pointing outside its folder
+    shutil.copytree(pickled, escaping)
+    write(escaping / "model.safetensors.index.json", json.dumps({"weight_map": {"a": "../pickled/x.safetensors"}}))
     (root / "no_model").mkdir()
     edited_model(built_model, root / "m_badjson", raw='{"parts": [')
     edited_model(built_model, root / "m_nan_weight", raw=(built_model / "concat_config.json").read_text().replace(
@@ -140,6 +146,8 @@ CLI_CASES = [
     ("out-bad-record", lambda f: build(f, "--out", str(f.m_record)), 2, ".concat-embed-build.json: 'files' must be a list of relative paths"),
     ("source-is-file", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.a_file}", f"y={f.parts['b']}")), 2, "is a file; expected a model folder or a Hub id"),
     ("source-missing", lambda f: build(f, "--out", str(f.o), parts=("x=/nonexistent/model", f"y={f.parts['b']}")), 2, "neither an existing folder nor a Hub id"),
+    ("pickle-behind-safetensors-index", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.indexed}", f"y={f.parts['b']}")), 2, "model.safetensors.index.json points at 'pytorch_model.bin', which is not a safetensors file in its folder"),
+    ("index-outside-its-folder", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.escaping}", f"y={f.parts['b']}")), 2, "model.safetensors.index.json points at '../pickled/x.safetensors', which is not a safetensors file in its folder"),
     ("pickle-with-stray-safetensors", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.pickled}", f"y={f.parts['b']}")), 2, "has no safetensors weights (only ['pytorch_model.bin']); pass --allow-pickle"),
     ("single-part", lambda f: build(f, "--out", str(f.o), parts=(f"x={f.parts['a']}",)), 2, "needs at least 2 parts"),
     # verify
