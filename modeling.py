@@ -977,6 +977,7 @@ class ConcatEmbedding(InputModule):
 
         Raises:
             TypeError: If an input is not a string (the message names its position in the batch).
+            ValueError: If a string is not valid Unicode (a lone surrogate, which no tokenizer takes).
         """
         texts = list(inputs)
         for position, text in enumerate(texts):
@@ -985,6 +986,13 @@ class ConcatEmbedding(InputModule):
                     f"ConcatEmbedding accepts only str inputs; batch item {position} is "
                     f"{type(text).__name__}: {text!r:.80}"
                 )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"ConcatEmbedding accepts only valid Unicode text; batch item {position} holds a lone surrogate "
+                    f"at character {error.start}"
+                ) from None
         tokenized: dict[tuple[str, str | None], dict[str, Tensor]] = {}
         per_part: dict[int, dict[str, Tensor]] = {}
         for index in sorted(range(len(self.pipelines)), key=lambda i: -self.pipelines[i][0].max_seq_length):

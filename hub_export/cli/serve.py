@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from hub_export.cli.options import add_runtime_options, port_number, positive_int, require
+from hub_export.cli.options import add_runtime_options, port_number, positive_float, positive_int, require
 
 logger = logging.getLogger("hub_export")
 
@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = choose_runtime(args.model, args.backend, args.quantization)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = {"max_batch_tokens": args.max_batch_tokens, "max_client_batch": args.max_client_batch,
-              "max_queue_texts": args.max_queue_texts}  # fmt: skip
+              "max_queue_texts": args.max_queue_texts, "served_name": args.served_model_name}  # fmt: skip
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
             "serving on %s: reachable from other machines%s", args.host, "" if api_key else " without an API key"
@@ -38,7 +38,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from hub_export.serve.ray_engine import ray_application, run_ray
 
         bound_socket(args.host, args.port).close()  # a busy port fails now, not after Ray and the model start
-        app = ray_application(args.model, runtime, limits, api_key, args.replicas, args.max_replicas)
+        app = ray_application(
+            args.model, runtime, limits, api_key, args.replicas, args.max_replicas, payload_limit=args.payload_limit
+        )
         url = f"http://{args.host}:{args.port}"
         run_ray(app, args.host, args.port, args.ray_address, ready=lambda: announce(args.model, url, "ray"))
         return 0
@@ -51,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bound_socket(args.host, args.port)  # bind first: a busy port fails before the model loads
     embedder = load_embedder(args.model, runtime, **limits)
     announce(args.model, f"http://{args.host}:{sock.getsockname()[1]}", "local")
-    run_local(create_app(embedder, api_key=api_key), sock)
+    run_local(create_app(embedder, api_key=api_key, payload_limit=args.payload_limit), sock, args.grace_period)
     return 0
 
 
@@ -72,6 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="padded tokens per model batch (small: length-sorted, little padding)",
     )
     serve.add_argument("--max-client-batch", type=positive_int, default=2048, help="texts per request (more: 413)")
+    serve.add_argument(
+        "--payload-limit", type=positive_int, default=2_000_000, help="bytes of a request body (more: 413), as TEI's"
+    )
+    serve.add_argument(
+        "--served-model-name", default=None, help="the name /info and responses report (default: the folder's name)"
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=positive_float,
+        default=30.0,
+        help="seconds to answer the requests in flight after SIGTERM (waiting ones get 503 at once)",
+    )
     serve.add_argument(
         "--max-queue-texts",
         type=positive_int,

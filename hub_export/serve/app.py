@@ -7,19 +7,22 @@ Ray Serve batched method, so both answer the same requests with the same respons
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub_export.folder import compressed_dims, load_model
 from hub_export.runtime.choice import Runtime, loaded_label
@@ -39,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "CONCAT_EMBED_API_KEY"
 OPEN_PATHS = ("/health",)
+ROUTES = ("/v1/embeddings", "/embed", "/info", "/health", "/metrics")  # metric labels; any other path is "other"
+PAYLOAD_LIMIT = 2_000_000  # bytes of a request body, as TEI's --payload-limit
 
 
 class Metrics:
@@ -94,24 +99,34 @@ def json_response(data: Any) -> Response:
 
 
 class GuardMiddleware:
-    """Pure ASGI middleware: API-key check (every HTTP route but ``/health``), status and latency metrics."""
+    """Pure ASGI middleware: API-key check (every HTTP route but ``/health``), the request-body limit (413 before
+    the body is read past it), status and latency metrics labelled by route (unknown paths share one label)."""
 
-    def __init__(self, app: Any, api_key: str | None, metrics: Metrics) -> None:
-        self.app, self.api_key, self.metrics = app, api_key, metrics
+    def __init__(self, app: Any, api_key: str | None, metrics: Metrics, payload_limit: int = PAYLOAD_LIMIT) -> None:
+        self.app, self.api_key, self.metrics, self.payload_limit = app, api_key, metrics, payload_limit
         self.expected = f"Bearer {api_key}".encode() if api_key else b""
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route, started, status = scope["path"], time.perf_counter(), [500]
-        if self.api_key and route not in OPEN_PATHS:
+        path, started, status = scope["path"], time.perf_counter(), [500]
+        route = path if path in ROUTES else "other"
+        if self.api_key and path not in OPEN_PATHS:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                response = reply_error(route, 401, "missing or wrong API key: send Authorization: Bearer <key>")
+                response = reply_error(path, 401, "missing or wrong API key: send Authorization: Bearer <key>")
                 self.metrics.requests.labels(route, "401").inc()
                 await response(scope, receive, send)
                 return
+        if scope["method"] == "POST":
+            body = await self._bounded_body(receive)
+            if body is None:
+                message = f"body: the request is larger than the limit of {self.payload_limit} bytes"
+                self.metrics.requests.labels(route, "413").inc()
+                await reply_error(path, 413, message, "body")(scope, receive, send)
+                return
+            receive = _replay(body, receive)
 
         async def send_recording(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -124,6 +139,57 @@ class GuardMiddleware:
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
+    async def _bounded_body(self, receive: Callable) -> bytes | None:
+        """The whole request body, or None as soon as it passes the limit (a declared length is checked first)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            size += len(message.get("body", b""))
+            if size > self.payload_limit:
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """A ``receive`` that hands the app the already read body, then what the connection says next (a disconnect)."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work``; if the client disconnects first, cancel it (the batcher then leaves its texts out)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGone()
+    return task.result()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its vectors were ready: nothing is sent."""
+
 
 def create_app(
     embedder: Embedder,
@@ -131,6 +197,7 @@ def create_app(
     api_key: str | None = None,
     engine: str = "local",
     lifespan_hooks: tuple[Callable, Callable] | None = None,
+    payload_limit: int = PAYLOAD_LIMIT,
 ) -> FastAPI:
     """The server's routes around ``embed`` (default: a :class:`DynamicBatcher` over ``embedder``).
 
@@ -140,6 +207,7 @@ def create_app(
         api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
         engine: Reported by ``/info``.
         lifespan_hooks: Extra ``(start, stop)`` coroutines run with the app.
+        payload_limit: Largest request body in bytes (413 beyond, before it is read further).
     """
     metrics = Metrics()
     batcher = DynamicBatcher(embedder, on_batch=metrics.on_batch) if embed is None else None
@@ -147,6 +215,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.loop = asyncio.get_running_loop()  # a signal handler hands the batcher over to it
         if batcher is not None:
             await batcher.start()
         if lifespan_hooks:
@@ -159,11 +228,21 @@ def create_app(
 
     app = FastAPI(title="concat-embed", lifespan=lifespan)
     app.state.embedder, app.state.metrics, app.state.batcher = embedder, metrics, batcher
-    app.add_middleware(GuardMiddleware, api_key=api_key, metrics=metrics)
+    app.add_middleware(GuardMiddleware, api_key=api_key, metrics=metrics, payload_limit=payload_limit)
 
     @app.exception_handler(ServerError)
     async def server_error(request: Request, error: ServerError):
         return reply_error(request.url.path, error.status, error.message, error.param, error.retry_after)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if error.status_code == 400:  # FastAPI's answer to a body it cannot decode (not UTF-8)
+            return reply_error(request.url.path, 422, "body: not valid UTF-8 JSON", "body")
+        return reply_error(request.url.path, error.status_code, str(error.detail))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone):
+        return Response(status_code=499)  # nobody reads it
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):  # the server keeps answering
@@ -180,15 +259,15 @@ def create_app(
         return reply_error(request.url.path, 422, f"{where}: {message}", where.split(".")[0])
 
     @app.post("/v1/embeddings")
-    async def openai_embeddings(body: OpenAIEmbeddingRequest) -> Response:
-        result = await openai_response(embedder, body, embed_fn)
+    async def openai_embeddings(request: Request, body: OpenAIEmbeddingRequest) -> Response:
+        result = await unless_disconnected(request, openai_response(embedder, body, embed_fn))
         metrics.texts.inc(len(result["data"]))
         metrics.tokens.inc(result["usage"]["total_tokens"])
         return json_response(result)
 
     @app.post("/embed")
-    async def tei_embed(body: TEIEmbedRequest) -> Response:
-        result = await tei_response(embedder, body, embed_fn)
+    async def tei_embed(request: Request, body: TEIEmbedRequest) -> Response:
+        result = await unless_disconnected(request, tei_response(embedder, body, embed_fn))
         metrics.texts.inc(len(result))
         return json_response(result)
 
@@ -207,15 +286,26 @@ def create_app(
     return app
 
 
-def load_embedder(model: str, runtime: Runtime | None = None, max_batch_tokens: int = 2048, **limits: int) -> Embedder:
-    """Load ``model`` once for serving (remote code trusted) on ``runtime`` (default: exact torch)."""
+def load_embedder(
+    model: str,
+    runtime: Runtime | None = None,
+    max_batch_tokens: int = 2048,
+    served_name: str | None = None,
+    **limits: int,
+) -> Embedder:
+    """Load ``model`` once for serving (remote code trusted) on ``runtime`` (default: exact torch).
+
+    ``served_name`` is the name ``/info`` and every response report (default: a local folder's name, or the
+    Hub id): never the machine's path to the folder.
+    """
     from hub_export.serve.requests import Limits
 
     runtime = runtime or Runtime()
     loaded = load_model(model, **runtime.load_kwargs())
     logger.info("serving %s on %s", model, loaded_label(loaded))
     limits_ = Limits(max_batch_tokens=max_batch_tokens, **limits)
-    return Embedder(loaded, model_id=model, limits=limits_, recorded_dims=compressed_dims(model))
+    name = served_name or (Path(model).resolve().name if Path(model).is_dir() else model)
+    return Embedder(loaded, model_id=name, limits=limits_, recorded_dims=compressed_dims(model))
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
@@ -238,9 +328,21 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_local(app: FastAPI, sock: socket.socket) -> None:
-    """Serve ``app`` with uvicorn on an already listening socket until interrupted."""
+def run_local(app: FastAPI, sock: socket.socket, grace_period: float = 30.0) -> None:
+    """Serve ``app`` with uvicorn on an already listening socket until SIGINT / SIGTERM.
+
+    On the signal the batcher answers waiting and new requests 503 (JSON, with Retry-After) and stops the
+    batch in progress after its current token-budget batch; uvicorn stops accepting connections and waits
+    up to ``grace_period`` seconds for the requests in flight to be answered.
+    """
     import uvicorn
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            batcher, loop = app.state.batcher, getattr(app.state, "loop", None)
+            if batcher is not None and loop is not None and not self.should_exit:
+                loop.call_soon_threadsafe(batcher.begin_shutdown)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_period)
+    DrainingServer(config).run(sockets=[sock])

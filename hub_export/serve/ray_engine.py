@@ -27,6 +27,7 @@ def ray_application(
     replicas: int = 1,
     max_replicas: int | None = None,
     max_batch_size: int = 64,
+    payload_limit: int | None = None,
 ) -> Any:
     """A bound Ray Serve application serving ``model`` on ``replicas`` (autoscaled up to ``max_replicas``)."""
     from ray import serve
@@ -39,7 +40,8 @@ def ray_application(
             self.embedder = load_embedder(model, runtime, **limits)
 
         def __serve_build_asgi_app__(self):  # noqa: N807 - Ray Serve's hook
-            return create_app(self.embedder, embed=self.embed, api_key=api_key, engine="ray")
+            limit = {"payload_limit": payload_limit} if payload_limit else {}
+            return create_app(self.embedder, embed=self.embed, api_key=api_key, engine="ray", **limit)
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=0.002)
         async def _embed_batch(self, requests: list[tuple[Sequence[str], str | None]]) -> list[np.ndarray]:

@@ -9,10 +9,12 @@ token-budget batches), the Ray engine Ray Serve's ``@serve.batch``. Both call :m
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,16 +78,30 @@ class TEIEmbedRequest(BaseModel):
 
 
 def _check_texts(value: Any) -> Any:
-    """Refuse what is not a string or a non-empty list of strings, naming the first bad item."""
+    """Refuse what is not a string or a non-empty list of strings of valid Unicode, naming the first bad item.
+
+    JSON can carry lone surrogates (``"\\ud800"``) that no tokenizer takes: they are refused here, before the
+    request reaches a batch shared with other clients.
+    """
     if isinstance(value, list):
         if not value:
             raise ValueError("must not be empty")
         for position, item in enumerate(value):
             if not isinstance(item, str):
                 raise ValueError(f"item {position} is {type(item).__name__}, expected a string")
+            _check_unicode(item, f"item {position}")
     elif not isinstance(value, str):
         raise ValueError(f"expected a string or a list of strings, got {type(value).__name__}")
+    else:
+        _check_unicode(value, "the text")
     return value
+
+
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} is not valid Unicode (a lone surrogate at character {error.start})") from None
 
 
 @dataclass
@@ -153,9 +169,14 @@ class Embedder:
 
     @cached_property
     def counting_tokenizer(self) -> Any:
-        """A copy of the model's tokenizer for the request thread: a fast tokenizer keeps per-call
-        truncation/padding state, so the model thread's own one must not be called concurrently."""
+        """A copy of the model's tokenizer for counting: a fast tokenizer keeps per-call truncation/padding
+        state, so the model thread's own one must not be called concurrently."""
         return copy.deepcopy(self.model.tokenizer)
+
+    @cached_property
+    def counting_thread(self) -> ThreadPoolExecutor:
+        """One thread that counts tokens, off the event loop (a large request must not stall ``/health``)."""
+        return ThreadPoolExecutor(1, thread_name_prefix="concat-embed-tokens")
 
     def token_counts(self, texts: Sequence[str], prompt_name: str | None, truncate: bool = True) -> list[int]:
         """Tokens of each text with its prompt under the model's (first part's) tokenizer."""
@@ -164,25 +185,43 @@ class Embedder:
         encoded = self.counting_tokenizer([prompt + text for text in texts], **kwargs)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def embed_many(self, requests: Sequence[tuple[Sequence[str], str | None]]) -> list[np.ndarray]:
-        """Vectors for several requests ``(texts, prompt name)``: one length-sorted token-budget pass per prompt."""
-        from hub_export.runtime.batching import encode_with_token_budget
+    async def count_tokens(self, texts: Sequence[str], prompt_name: str | None, truncate: bool = True) -> list[int]:
+        """:meth:`token_counts` on :attr:`counting_thread`, awaited."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.counting_thread, self.token_counts, texts, prompt_name, truncate)
 
+    def embed_many(
+        self, requests: Sequence[tuple[Sequence[str], str | None]], wanted: Callable[[int], bool] | None = None
+    ) -> list[np.ndarray | None]:
+        """Vectors for several requests ``(texts, prompt name)``, in length-sorted token-budget batches per prompt.
+
+        ``wanted(i)`` is asked before each token-budget batch: texts of requests no longer wanted (their client
+        went away, the server is shutting down) are left out, and such a request gets ``None``.
+        """
+        from hub_export.runtime.batching import token_budget_batches, token_lengths
+
+        wanted = wanted or (lambda index: True)
         results: list[np.ndarray | None] = [None] * len(requests)
         by_prompt: dict[str | None, list[int]] = {}
         for index, (_, prompt_name) in enumerate(requests):
             by_prompt.setdefault(prompt_name, []).append(index)
         for prompt_name, indices in by_prompt.items():
             texts = [text for index in indices for text in requests[index][0]]
-            vectors = encode_with_token_budget(
-                self.model, texts, max_tokens=self.limits.max_batch_tokens, max_batch_size=256, prompt_name=prompt_name
-            )
+            owners = [index for index in indices for _ in requests[index][0]]
+            vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+            lengths = token_lengths(self.model, texts)
+            for batch in token_budget_batches(lengths, self.limits.max_batch_tokens, max_batch_size=256):
+                batch = [i for i in batch if wanted(owners[i])]
+                if batch:
+                    vectors[batch] = self.model.encode(
+                        [texts[i] for i in batch], batch_size=len(batch), prompt_name=prompt_name, convert_to_numpy=True
+                    )
             start = 0
             for index in indices:
                 count = len(requests[index][0])
-                results[index] = vectors[start : start + count]
+                results[index] = vectors[start : start + count] if wanted(index) else None
                 start += count
-        return [np.asarray(result, dtype=np.float32) for result in results]
+        return results
 
 
 def shape(vectors: np.ndarray, dimensions: int | None, normalize: bool) -> np.ndarray:
@@ -211,14 +250,14 @@ async def openai_response(embedder: Embedder, request: OpenAIEmbeddingRequest, e
     embedder.check_texts(texts, "input")
     dimensions = embedder.check_dimensions(request.dimensions)
     vectors = shape(await embed(texts, request.input_type), dimensions, normalize=False)
-    tokens = sum(embedder.token_counts(texts, request.input_type))
+    tokens = sum(await embedder.count_tokens(texts, request.input_type))
     return {
         "object": "list",
         "data": [
             {"object": "embedding", "index": index, "embedding": encode_vector(vector, request.encoding_format)}
             for index, vector in enumerate(vectors)
         ],
-        "model": request.model or embedder.model_id,
+        "model": embedder.model_id,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
@@ -231,7 +270,7 @@ async def tei_response(embedder: Embedder, request: TEIEmbedRequest, embed: Embe
     dimensions = embedder.check_dimensions(request.dimensions)
     if not request.truncate:
         limit = embedder.model.max_seq_length
-        for position, count in enumerate(embedder.token_counts(texts, prompt_name, truncate=False)):
+        for position, count in enumerate(await embedder.count_tokens(texts, prompt_name, truncate=False)):
             if count > limit:
                 raise ServerError(
                     413,

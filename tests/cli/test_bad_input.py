@@ -313,6 +313,7 @@ API_CASES = [
     ("embed-shard-bool", lambda f: run_job(f, shard_size=True), ValueError, "shard_size = True: expected a positive integer"),
     ("build-weight-nan", lambda f: build_api(f, weight=float("nan")), ValueError, "part 'x': weight nan: expected a finite number > 0"),
     ("build-prompt-name", lambda f: build_api(f, prompts={"qurey": "q"}), ValueError, "unknown prompt name 'qurey'"),
+    ("encode-lone-surrogate", lambda f: load(f.model).encode(["ok", "bad \ud800 text"]), ValueError, "accepts only valid Unicode text; batch item 0 holds a lone surrogate at character 4"),
     ("embed-dtype-api", lambda f: run_job(f, dtype="bf16"), ValueError, "unknown dtype 'bf16'; valid: ['float32', 'float16', 'int8']"),
     ("embed-engine-api", lambda f: run_job(f, engine="spark"), ValueError, "unknown engine 'spark'; valid: ['local', 'ray']"),
     ("compress-method-api", lambda f: compress_api(f, method="svd"), ValueError, "unknown method 'svd'; valid: ['pca', 'trained']"),

@@ -73,7 +73,7 @@ def test_openai_client_gets_encode_vectors_and_token_usage(server, embedder, exp
     prompt = embedder.model.prompts["query"]
     tokens = sum(len(ids) for ids in embedder.model.tokenizer([prompt + t for t in TEXTS])["input_ids"])
     assert queries.usage.prompt_tokens == queries.usage.total_tokens == tokens
-    assert queries.model == "concat"
+    assert queries.model == "model"  # the served name: the folder's name, never its path
     single = client.embeddings.create(model="concat", input=TEXTS[1], encoding_format="float")
     assert np.abs(np.array(single.data[0].embedding) - expected["document"][1]).max() <= 1e-5
 
@@ -152,6 +152,10 @@ BAD_REQUESTS = [
     ("/embed", {"inputs": []}, 422, "inputs: must not be empty"),
     ("/embed", {"inputs": "x", "prompt_name": "qurey"}, 422, "prompt_name = 'qurey': unknown prompt name; valid: ['document', 'query']"),
     ("/embed", {"inputs": "x", "normalize": "maybe"}, 422, "normalize: Input should be a valid boolean"),
+    ("/v1/embeddings", b'{"input": "\\ud800x"}', 422, "input: the text is not valid Unicode (a lone surrogate at character 0)"),
+    ("/embed", b'{"inputs": ["ok", "a\\udfffb"], "truncate": false}', 422, "inputs: item 1 is not valid Unicode (a lone surrogate at character 1)"),
+    ("/v1/embeddings", b'{"input": "caf\xe9"}', 422, "body: not valid UTF-8 JSON"),
+    ("/v1/embeddings", b"x" * 2_000_001, 413, "body: the request is larger than the limit of 2000000 bytes"),
 ]  # fmt: skip
 
 
@@ -315,3 +319,117 @@ def test_auto_runtime_serves_this_cpus_int8_path_close_to_the_exact_vectors(buil
     with pytest.raises(ValueError, match="needs a local combined model folder"):
         choose_runtime("sentence-transformers/all-MiniLM-L6-v2", "onnx")
     assert choose_runtime("sentence-transformers/all-MiniLM-L6-v2", "auto", "auto") == Runtime()
+
+
+def test_health_answers_while_a_request_is_being_counted(embedder, monkeypatch) -> None:
+    """Token counting runs off the event loop: a huge request (999,999-character texts took 33 s) stalls nothing."""
+    counting, answered = threading.Event(), threading.Event()
+    original = embedder.token_counts
+
+    def slow_count(texts, prompt_name, truncate=True):
+        counting.set()
+        assert answered.wait(300), "/health was not answered while tokens were counted"
+        return original(texts, prompt_name, truncate)
+
+    monkeypatch.setattr(embedder, "token_counts", slow_count)
+    running = Running(create_app(embedder))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(httpx.post, f"{running.url}/embed", json={"inputs": ["a", "b"]}, timeout=300)
+            assert counting.wait(300)
+            assert httpx.get(f"{running.url}/health", timeout=60).json() == {"status": "ok"}
+            answered.set()
+            assert reply.result().status_code == 200
+    finally:
+        running.stop()
+
+
+def test_a_body_over_the_limit_is_refused_also_without_a_length(server) -> None:
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 100_000  # 4 MB in all, sent chunked: no Content-Length to check
+
+    reply = httpx.post(f"{server.url}/embed", content=chunks(), headers={"content-type": "application/json"})
+    assert reply.status_code == 413
+    assert reply.json() == {
+        "error": "body: the request is larger than the limit of 2000000 bytes",
+        "error_type": "Validation",
+    }
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_metrics_label_unknown_paths_as_one(server) -> None:
+    with httpx.Client(base_url=server.url) as http:
+        for n in range(20):
+            assert http.get(f"/random-{n}-" + "z" * 2000).status_code == 404
+        text = http.get("/metrics").text
+    assert "random-" not in text and 'concat_embed_requests_total{route="other",status="404"} 20.0' in text
+
+
+def test_a_client_that_goes_away_cancels_its_work(embedder) -> None:
+    import socket
+
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def embed(texts, prompt_name):
+        started.set()
+        try:
+            await asyncio.sleep(3600)  # a batch that would take long; only cancelling ends it here
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    running = Running(create_app(embedder, embed=embed))
+    try:
+        body = b'{"input": "abandoned"}'
+        client = socket.create_connection(("127.0.0.1", running.sock.getsockname()[1]))
+        client.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        assert started.wait(300)
+        client.close()
+        assert cancelled.wait(300), "the abandoned request's work was not cancelled"
+        assert httpx.get(f"{running.url}/health").status_code == 200
+    finally:
+        running.stop()
+
+
+def test_responses_and_info_report_the_served_name_never_a_path(built_model) -> None:
+    named = load_embedder(str(built_model), served_name="team/concat-v2")
+    assert tei_info(named, "local")["model_id"] == "team/concat-v2"
+    default = load_embedder(str(built_model))
+    assert default.model_id == "model" and str(built_model.parent) not in tei_info(default, "local")["model_id"]
+
+
+@pytest.mark.slow
+def test_sigterm_answers_every_request_in_flight_with_vectors_or_503(built_model) -> None:
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hub_export", "serve", str(built_model), "--port", "0", "--grace-period", "60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = process.stderr.readline().split(" on ")[1].split()[0]
+        texts = [TEXTS[1] * 4] * 64
+
+        def call(_):
+            return httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=300)
+
+        with ThreadPoolExecutor(12) as pool:
+            replies = [pool.submit(call, n) for n in range(12)]
+            while "concat_embed_batch_texts_count" not in httpx.get(f"{url}/metrics").text:
+                pass  # the first batch has started
+            process.send_signal(signal.SIGTERM)
+            replies = [reply.result() for reply in replies]
+        assert process.wait(timeout=300) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert "Traceback" not in err, err[-3000:]
+    assert {reply.status_code for reply in replies} <= {200, 503}
+    for reply in replies:
+        if reply.status_code == 503:
+            assert reply.headers["retry-after"] == "1" and "shutting down" in reply.json()["error"]["message"]
+        else:
+            assert len(reply.json()["data"]) == 64
