@@ -15,7 +15,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -173,17 +173,27 @@ def read_corpus_texts(path: str | Path, limit: int | None = None) -> list[str]:
     return texts
 
 
-def read_corpus_titles(path: str | Path, limit: int | None = None) -> list[str]:
-    """The non-empty titles among the first ``limit`` documents of a corpus ([] for plain text).
+def read_corpus_titles(path: str | Path, limit: int | None = None, exclude: Collection[int] = ()) -> list[str]:
+    """The non-empty titles among the first ``limit`` documents of a corpus ([] for plain text), but for the
+    documents at the positions in ``exclude``.
 
     Raises:
         ValueError: As :func:`corpus_documents`.
     """
-    return [title for doc in corpus_documents(path, limit) if (title := (doc.get("title") or "").strip())]
+    exclude = set(exclude)
+    return [
+        title
+        for position, doc in enumerate(corpus_documents(path, limit))
+        if position not in exclude and (title := (doc.get("title") or "").strip())
+    ]
 
 
 def read_corpus_sentences(
-    path: str | Path, limit: int | None = None, seed: int = 0, per_document: int | None = None
+    path: str | Path,
+    limit: int | None = None,
+    seed: int = 0,
+    per_document: int | None = None,
+    exclude: Collection[int] = (),
 ) -> list[str]:
     """The sentences of the first ``limit`` documents of a corpus: all of them, or ``per_document`` drawn from each.
 
@@ -192,7 +202,8 @@ def read_corpus_sentences(
     document without a longer one gives none. Single sentences of the corpus look like the claims
     and questions users type, and every corpus has them (titles are often missing). With
     ``per_document`` (>= 1), a document with more sentences gives that many, drawn with ``seed``
-    and kept in their order; ``None`` keeps them all (no draw).
+    and kept in their order; ``None`` keeps them all (no draw). Documents at the positions in
+    ``exclude`` give none (texts held out of a training set keep their sentences out too).
 
     Raises:
         ValueError: As :func:`corpus_documents`, or for ``per_document`` below 1.
@@ -200,8 +211,10 @@ def read_corpus_sentences(
     if per_document is not None and (isinstance(per_document, bool) or per_document < 1):
         raise ValueError(f"sentences per document {per_document!r}: give an integer >= 1, or None for all")
     rng = np.random.default_rng(seed)
-    sentences = []
-    for doc in corpus_documents(path, limit):
+    sentences, exclude = [], set(exclude)
+    for position, doc in enumerate(corpus_documents(path, limit)):
+        if position in exclude:
+            continue
         pieces = [
             piece for piece in SENTENCE_END.split(doc["text"].strip()) if len(piece.split()) >= MIN_SENTENCE_WORDS
         ]
@@ -221,19 +234,25 @@ def check_pseudo_queries(source: str) -> None:
 
 
 def read_pseudo_queries(
-    path: str | Path, source: str, limit: int | None = None, seed: int = 0, per_document: int | None = None
+    path: str | Path,
+    source: str,
+    limit: int | None = None,
+    seed: int = 0,
+    per_document: int | None = None,
+    exclude: Collection[int] = (),
 ) -> list[str]:
     """The texts of a corpus that stand in for its queries: ``source`` is one of :data:`PSEUDO_QUERY_SOURCES`.
 
-    ``per_document`` applies to ``sentences`` (see :func:`read_corpus_sentences`).
+    ``per_document`` applies to ``sentences`` (see :func:`read_corpus_sentences`); documents at the positions in
+    ``exclude`` give none.
 
     Raises:
         ValueError: For an unknown source, or as the readers above.
     """
     check_pseudo_queries(source)
     if source == "sentences":
-        return read_corpus_sentences(path, limit, seed, per_document)
-    return read_corpus_titles(path, limit) if source == "titles" else []
+        return read_corpus_sentences(path, limit, seed, per_document, exclude)
+    return read_corpus_titles(path, limit, exclude) if source == "titles" else []
 
 
 def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:

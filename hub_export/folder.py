@@ -37,6 +37,9 @@ VERIFICATION_FILE = "verification.json"
 COMPRESSION_FILE = "compression.json"
 BACKENDS_FILE = "backends.json"
 DISTILLATION_FILE = "distillation.json"
+# A distilled folder's held-out texts and teacher vectors, for `verify` on the machine that distilled it: never
+# published (not on the allowlist), never hashed.
+HELD_OUT_FILE = "distillation-heldout.npz"
 BUILD_RECORD = ".concat-embed-build.json"
 DENSE_DIR, NORMALIZE_DIR = "1_Dense", "2_Normalize"
 # Written into a built folder later by other commands of this tool (and so replaced by a rebuild).
@@ -126,14 +129,16 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return path
 
 
-def check_model_folder(model_dir: str | Path) -> None:
-    """Refuse a path that is not a combined model folder (no ``concat_config.json``).
+def check_model_folder(model_dir: str | Path, students: bool = False) -> None:
+    """Refuse a path that is not a combined model folder (no ``concat_config.json``), or, with ``students``,
+    not a plain model distilled from one either (no ``distillation.json``).
 
     Raises:
         ValueError: Naming the folder.
     """
-    if not is_combined(model_dir):
-        raise ValueError(f"{model_dir}: not a combined model folder (no {CONFIG_FILE})")
+    if not is_combined(model_dir) and not (students and is_distilled(model_dir)):
+        also = f" or a distilled model folder (no {DISTILLATION_FILE})" if students else ""
+        raise ValueError(f"{model_dir}: not a combined model folder (no {CONFIG_FILE}){also}")
 
 
 def is_combined(model_dir: str | Path) -> bool:

@@ -11,13 +11,17 @@ from hub_export.folder import (
     BACKENDS_FILE,
     CARD_FILE,
     CONFIG_FILE,
+    DISTILLATION_FILE,
+    MODULES_FILE,
     ST_CONFIG_FILE,
     VERIFICATION_FILE,
     compression_record,
+    is_distilled,
     read_json,
 )
 
 TEMPLATE = Path(__file__).with_name("card_template.md")
+STUDENT_TEMPLATE = Path(__file__).with_name("student_card_template.md")
 TAGS = ["sentence-transformers", "feature-extraction", "sentence-similarity", "concat-embed"]
 
 
@@ -121,12 +125,14 @@ def verification_context(verification: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
-    """Render the model card of ``model_dir`` from its configuration and records."""
+    """Render the model card of ``model_dir`` from its configuration and records (a combined or a distilled one)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from hub_export.modeling import parse_concat_config  # torch comes with it: only when a card is rendered
 
     model_dir = Path(model_dir)
+    if is_distilled(model_dir) and not (model_dir / CONFIG_FILE).is_file():
+        return render_student_card(model_dir, repo_id)
     config = read_json(model_dir / CONFIG_FILE)
     specs, _ = parse_concat_config(config, CONFIG_FILE)
     parts = config["parts"]
@@ -159,6 +165,67 @@ def render_card(model_dir: str | Path, repo_id: str | None = None) -> str:
         auto_model=(model_dir / "config.json").is_file(),
         compression=compression_context(compression) if compression else None,
         backends=backend_rows(backends.get("files", {})) if isinstance(backends, dict) else None,
+        verification=verification_context(verification) if verification else None,
+    )
+    return str(card)
+
+
+def _number(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
+
+
+def render_student_card(model_dir: Path, repo_id: str | None = None) -> str:
+    """The card of a distilled student, in the style of sentence-transformers' generated cards."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    record = read_json(model_dir / DISTILLATION_FILE)
+    modules = read_json(model_dir / MODULES_FILE)
+    verification = _optional_json(model_dir / VERIFICATION_FILE)
+    repo_id = repo_id or model_dir.name
+    teacher, student, training = record["teacher"], record["student"], record["training"]
+    held = record["held_out"]
+    card_data = ModelCardData(
+        library_name="sentence-transformers",
+        pipeline_tag="sentence-similarity",
+        tags=["sentence-transformers", "feature-extraction", "sentence-similarity", "distillation", "concat-embed"],
+    )
+    types = [str(module.get("type", "")).rsplit(".", 1)[-1] for module in modules]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(STUDENT_TEMPLATE),
+        title=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        teacher=cell(teacher["name"]),
+        teacher_sha=str(teacher.get("content_sha256", ""))[:12],
+        teacher_compressed=bool(teacher.get("compressed")),
+        dimension=teacher["dimension"],
+        origin=cell(student["origin"]),
+        kept=", ".join(map(str, student["layers_kept"])) if student.get("layers_kept") else "",
+        origin_layers=student.get("layers_of_origin"),
+        max_seq_length=student.get("max_seq_length"),
+        prompts=", ".join(f"`{k}` = {v!r}" for k, v in (record.get("prompts") or {}).items() if v) or "none",
+        architecture="SentenceTransformer(\n" + "".join(f"  ({i}): {t}\n" for i, t in enumerate(types)) + ")",
+        has_dense="Dense" in types,
+        documents=record["texts"]["documents"],
+        texts=cell(record["texts"]["name"]),
+        texts_sha=str(record["texts"]["sha256"])[:12],
+        queries=record["queries"]["texts"],
+        query_source=cell(record["queries"]["source"]),
+        loss=cell(training["loss"]),
+        epochs=training["epochs"],
+        steps=training["steps"],
+        batch_size=training["batch_size"],
+        lr=training["lr"],
+        teacher_seconds=record["seconds"]["teacher_encoding"],
+        training_seconds=record["seconds"]["training"],
+        held_out=held["texts"],
+        before_mse=_number(held["before"]["mse"], ".3e"),
+        before_spearman=_number(held["before"]["spearman"], ".4f"),
+        after_mse=_number(held["after"]["mse"], ".3e"),
+        after_spearman=_number(held["after"]["spearman"], ".4f"),
+        sts={"name": record["eval_sts"]["name"], "value": _number(record["eval_sts"]["spearman"], ".2f")}
+        if record.get("eval_sts")
+        else None,
         verification=verification_context(verification) if verification else None,
     )
     return str(card)

@@ -42,7 +42,7 @@ def push_model(
 
     check_repo_id(repo_id)
     model_dir = Path(model_dir)
-    check_model_folder(model_dir)
+    check_model_folder(model_dir, students=True)
     if not skip_verify:
         check_verified(model_dir)
     token = token or get_token()
@@ -69,7 +69,7 @@ def push_model(
 def dry_run_listing(model_dir: str | Path, allow_pickle: bool = False, skip_verify: bool = False) -> str:
     """What ``push`` would upload (one ``size  path`` line per file, a total) and whether it would be refused."""
     model_dir = Path(model_dir)
-    check_model_folder(model_dir)
+    check_model_folder(model_dir, students=True)
     files = model_files(model_dir, allow_pickle=allow_pickle)
     sizes = [(model_dir / f).stat().st_size for f in files]
     lines = [f"{size:>12,}  {path}" for path, size in zip(files, sizes)]

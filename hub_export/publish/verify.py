@@ -21,17 +21,22 @@ import numpy as np
 
 from hub_export.folder import (
     CONFIG_FILE,
+    DISTILLATION_FILE,
+    HELD_OUT_FILE,
+    MODULES_FILE,
     ST_CONFIG_FILE,
     VERIFICATION_FILE,
     check_model_folder,
     content_hash,
+    is_combined,
+    is_distilled,
     load_model,
     read_json,
     read_projection,
     write_json,
 )
 from hub_export.publish.card import diff_cell, write_card
-from hub_export.vectors import project, unit_rows
+from hub_export.vectors import project, similarity_fidelity, unit_rows
 
 PROBES = [
     "what is snowflake?",
@@ -43,6 +48,10 @@ PROBES = [
 DEFAULT_TOLERANCE = 1e-5
 NON_FINITE = "non-finite"  # recorded instead of a number when an output or reference holds NaN or inf
 TASKS = ("query", "document")
+# The module types Text Embeddings Inference reads from modules.json (it runs no other code).
+TEI_MODULE_TYPES = tuple(
+    f"sentence_transformers.models.{name}" for name in ("Transformer", "Pooling", "Dense", "Normalize")
+)
 logger = logging.getLogger(__name__)
 
 
@@ -117,6 +126,8 @@ def check_tolerance(tolerance: Any) -> float:
 
 def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """Run every check and return the verification record (written to ``verification.json``)."""
+    if is_distilled(model_dir) and not is_combined(model_dir):
+        return compute_student_verification(model_dir, tolerance)
     model = load_model(model_dir, device="cpu")
     diffs: dict[str, float] = {}
     references, views = reference_embeddings(model_dir)
@@ -142,12 +153,55 @@ def compute_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) 
     }
 
 
+def compute_student_verification(model_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> dict:
+    """What verification means for a distilled student (a plain model).
+
+    - It loads without remote code, and its ``modules.json`` holds only the module types Text Embeddings
+      Inference reads (Transformer, Pooling, Dense, Normalize, by their classic names).
+    - Reloaded, it gives the outputs recorded when it was written (``distillation.json``'s probes).
+    - Where the held-out material is beside it (the machine that distilled it), the recorded held-out
+      fidelity is reproduced (MSE and Spearman, each within the tolerance).
+    """
+    modules = read_json(model_dir / MODULES_FILE)
+    types = [entry.get("type") for entry in modules] if isinstance(modules, list) else []
+    unreadable = [kind for kind in types if kind not in TEI_MODULE_TYPES]
+    record = read_json(model_dir / DISTILLATION_FILE)
+    model = load_model(model_dir, device="cpu", trust_remote_code=False)
+    diffs: dict[str, float | str] = {}
+    for task in TASKS:
+        ours = model.encode(PROBES, prompt_name=task, convert_to_numpy=True).astype(np.float64)
+        recorded = np.asarray(record.get("probes", {}).get(task, []), dtype=np.float64)
+        diffs[f"reload ({task})"] = max_abs_diff(ours, recorded) if ours.shape == recorded.shape else NON_FINITE
+    notes = []
+    held_out = model_dir / HELD_OUT_FILE
+    if held_out.is_file():
+        material = np.load(held_out, allow_pickle=False)
+        again = similarity_fidelity(model.encode_document(list(material["texts"])), material["teacher"])
+        for key in ("mse", "spearman"):
+            diffs[f"held-out {key}"] = max_abs_diff(
+                np.array([again[key]]), np.array([record["held_out"]["after"][key]])
+            )
+    else:
+        notes.append(f"held-out fidelity not re-checked: no {HELD_OUT_FILE} (it stays on the machine that distilled)")
+    if unreadable:
+        notes.append(f"modules.json holds types Text Embeddings Inference does not read: {unreadable}")
+    return {
+        "passed": not unreadable and all(within(diff, tolerance) for diff in diffs.values()),
+        "tolerance": tolerance,
+        "probes": len(PROBES),
+        "max_abs_diff": diffs,
+        "modules": types,
+        "notes": notes,
+        "content_sha256": content_hash(model_dir),
+    }
+
+
 def run_verification(model_dir: str | Path, tolerance: float | None = None) -> dict:
     """Verify ``model_dir`` in a fresh Python process (outside the project folder), refresh its model card
     with the result, and return the record (also written to ``verification.json``)."""
     tolerance = DEFAULT_TOLERANCE if tolerance is None else check_tolerance(tolerance)
     model_dir = Path(model_dir).resolve()
-    check_model_folder(model_dir)
+    check_model_folder(model_dir, students=True)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with tempfile.TemporaryDirectory() as cwd:
         run = subprocess.run(
@@ -177,6 +231,7 @@ def format_report(record: dict) -> str:
         lines.append(f"{name:<{width}}  {diff_cell(diff):>10}  {'ok' if within(diff, record['tolerance']) else 'FAIL'}")
     verdict = "PASSED" if record["passed"] else "FAILED"
     lines.append(f"{verdict}: {record['probes']} probes x (query, document), tolerance {record['tolerance']:g}")
+    lines += [f"note: {note}" for note in record.get("notes", [])]
     return "\n".join(lines)
 
 

@@ -1,0 +1,195 @@
+"""distill: a plain student that loads without remote code, learns the teacher, pins its inputs and resumes.
+
+Tiny models: the teacher combines the tiny parts ``a`` and ``b`` (mean pooling) and is compressed (PCA) to 32
+dims, the width of part ``x`` (``a``), its smallest part and so the default student.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from hub_export.distill import DistillOptions, distill_model
+from hub_export.distill.targets import work_folder
+from hub_export.folder import model_files
+from tests.constants import QUERY_PROMPT
+
+WORDS = (
+    "the a is what of to and in for on snow flake search query passage represent this sentence relevant passages "
+    "document cat dog sat mat fox jump over lazy quick brown hello world model vector text long short"
+).split()
+TEI_TYPES = {f"sentence_transformers.models.{kind}" for kind in ("Transformer", "Pooling", "Dense", "Normalize")}
+
+
+def write_corpus(path: Path, count: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        body = ". ".join(" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(3)) + "."
+        lines.append(json.dumps({"_id": str(i), "title": f"title {i}", "text": body}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("distill-corpus") / "corpus.jsonl", 120)
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_parts, corpus, tmp_path_factory) -> Path:
+    from hub_export.publish.build import PartOptions, build_model
+    from hub_export.quality.compress import CompressOptions, compress_model
+
+    root = tmp_path_factory.mktemp("teacher")
+    parts = [
+        PartOptions("x", str(tiny_parts["a"]), pooling="mean"),
+        PartOptions("y", str(tiny_parts["b"]), pooling="mean"),
+    ]
+    combined = build_model(parts, root / "combined", prompts={"query": QUERY_PROMPT})
+    folder = root / "teacher-32"
+    compress_model(combined, folder, CompressOptions(str(corpus), [32], method="pca"), progress=False)
+    return folder
+
+
+def options(corpus: Path, **settings) -> DistillOptions:
+    defaults = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "checkpoint_steps": 10}
+    return DistillOptions(str(corpus), **(defaults | settings))
+
+
+@pytest.fixture(scope="module")
+def student(teacher, corpus, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("student") / "student"
+    return out, distill_model(teacher, out, options(corpus), progress=False)
+
+
+def test_the_student_is_a_plain_model_that_loads_without_remote_code(student, teacher) -> None:
+    out, record = student
+    files = model_files(out)
+    assert not [f for f in files if f.endswith(".py")] and "distillation.json" in files
+    assert "distillation-heldout.npz" not in files  # stays on this machine: never published
+    assert {entry["type"] for entry in json.loads((out / "modules.json").read_text())} <= TEI_TYPES
+    model = SentenceTransformer(str(out), device="cpu")  # no trust_remote_code
+    assert model.prompts["query"] == QUERY_PROMPT and model.get_embedding_dimension() == 32
+    assert np.allclose(np.linalg.norm(model.encode_query(["what is snow?"]), axis=1), 1.0, atol=1e-5)
+    assert record["teacher"] == {**record["teacher"], "name": "teacher-32", "dimension": 32, "compressed": True}
+    assert record["student"]["origin"] == "x" and record["student"]["part_of_teacher"] is True  # the smallest part
+
+
+def test_the_student_learns_the_teacher_on_held_out_texts(student) -> None:
+    _, record = student
+    held = record["held_out"]
+    assert held["texts"] == 12 and record["texts"]["documents"] == 108 and record["queries"]["texts"] > 100
+    assert held["after"]["mse"] < 0.5 * held["before"]["mse"] and held["after"]["spearman"] > held["before"]["spearman"]
+    rotation = record["rotation"]
+    assert rotation["mean_cosine_after"] > rotation["mean_cosine_before"] + 0.3  # Procrustes aligned the targets
+
+
+def test_training_follows_the_teacher_from_the_rotated_targets(student, teacher) -> None:
+    """The recorded rotation is orthogonal: the targets' cosines are the teacher's own."""
+    from hub_export.distill.targets import procrustes
+
+    rng = np.random.default_rng(0)
+    targets, outputs = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    rotation = procrustes(targets, outputs)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(8), atol=1e-5)
+    best = np.linalg.norm(targets @ rotation - outputs)
+    for _ in range(20):  # no other orthogonal map does better
+        other, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+        assert best <= np.linalg.norm(targets @ other - outputs) + 1e-6
+
+
+def test_verify_and_push_treat_the_student_as_a_plain_model(student, tmp_path) -> None:
+    import shutil
+
+    from hub_export.folder import HELD_OUT_FILE
+    from hub_export.publish.push import dry_run_listing
+    from hub_export.publish.verify import run_verification
+
+    out = Path(shutil.copytree(student[0], tmp_path / "student"))
+    record = run_verification(out)
+    assert record["passed"] and set(record["max_abs_diff"]) == {
+        "reload (query)",
+        "reload (document)",
+        "held-out mse",
+        "held-out spearman",
+    }
+    card = (out / "README.md").read_text()
+    assert "**passed**" in card and 'SentenceTransformer("student")' in card and "trust_remote_code=True" not in card
+    listing = dry_run_listing(out)
+    assert "a real push would send these files" in listing and "distillation.json" in listing
+    assert HELD_OUT_FILE not in listing and ".py" not in listing
+    (out / HELD_OUT_FILE).unlink()  # as a published copy: the held-out material is not there
+    again = run_verification(out)
+    assert again["passed"] and "held-out mse" not in again["max_abs_diff"]
+    assert "held-out fidelity not re-checked" in again["notes"][0]
+
+
+def test_a_rerun_reuses_the_teachers_vectors_and_refuses_changed_texts(student, teacher, corpus, tmp_path, monkeypatch):
+    import shutil
+
+    from hub_export.distill import train
+
+    out = tmp_path / "student"
+    shutil.copytree(work_folder(student[0]), work_folder(out))
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded again"))
+    again = distill_model(teacher, out, options(corpus, epochs=1), progress=False)
+    assert again["held_out"]["before"] == student[1]["held_out"]["before"]
+    changed = tmp_path / "corpus.jsonl"
+    write_corpus(changed, 120, seed=1)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match=r"caches the teacher's vectors of other inputs: \{'texts': "):
+        distill_model(teacher, out, options(changed, epochs=1), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written, nothing deleted
+
+
+def test_a_layer_pruned_student_keeps_the_layers_asked_for(teacher, corpus, tmp_path) -> None:
+    record = distill_model(teacher, tmp_path / "s", options(corpus, layers=[1], epochs=1), progress=False)
+    assert record["student"]["layers_kept"] == [1] and record["student"]["layers_of_origin"] == 2
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["num_hidden_layers"] == 1
+    original = SentenceTransformer(str(teacher / "x"), device="cpu")
+    pruned = SentenceTransformer(str(tmp_path / "s"), device="cpu")
+    assert len(pruned[0].auto_model.encoder.layer) == 1
+    kept = dict(pruned[0].auto_model.encoder.layer[0].named_parameters())
+    origin = dict(original[0].auto_model.encoder.layer[1].named_parameters())
+    assert set(kept) == set(origin)  # layer 1 of the origin, trained from there
+
+
+def test_a_non_finite_loss_stops_at_its_step_and_writes_nothing(teacher, corpus, tmp_path, monkeypatch) -> None:
+    from sentence_transformers.sentence_transformer.losses import MSELoss
+
+    monkeypatch.setattr(MSELoss, "forward", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(ValueError, match=r"the training loss is not finite at step 1: nothing was written"):
+        distill_model(teacher, tmp_path / "s", options(corpus), progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(teacher, corpus, tmp_path) -> None:
+    args = [sys.executable, "-m", "hub_export", "distill", str(teacher), "--texts", str(corpus), "--epochs", "2",
+            "--batch-size", "16", "--lr", "1e-3", "--checkpoint-steps", "10", "--no-progress"]  # fmt: skip
+    kill = os.environ | {"CONCAT_EMBED_TEST_KILL_AFTER_CHECKPOINT": "20"}
+    killed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=kill, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "killed").exists()
+    assert (work_folder(tmp_path / "killed") / "checkpoints" / "checkpoint-20").is_dir()
+    resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = json.loads((tmp_path / "killed" / "distillation.json").read_text())
+    assert record["training"]["resumed"] is True and record["training"]["steps"] == 56
+    assert not (work_folder(tmp_path / "killed") / "checkpoints").exists()  # removed once the student is written
+    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    texts = ["what is snow?", "the quick brown fox jumps over the lazy dog"]
+    a = SentenceTransformer(str(tmp_path / "killed"), device="cpu").encode(texts)
+    b = SentenceTransformer(str(tmp_path / "straight"), device="cpu").encode(texts)
+    assert np.abs(a - b).max() <= 1e-4  # the same run, interrupted or not (float sums follow thread counts)
