@@ -28,7 +28,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         texts=args.texts, student=args.student, layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, max_seq_length=args.max_seq_length, queries=args.queries, pseudo_queries=args.pseudo_queries,
         sentences_per_doc=args.sentences_per_doc, limit=args.limit, eval_sts=args.eval_sts, held_out=args.held_out,
-        checkpoint_steps=args.checkpoint_steps,
+        checkpoint_steps=args.checkpoint_steps, cache=args.cache,
     )  # fmt: skip
     record = distill_model(args.teacher, args.out, options, progress=not args.no_progress)
     held = record["held_out"]
@@ -75,5 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     distill.add_argument("--eval-sts", default=None, help="STS-B style .tsv[.gz] evaluated during training")
     distill.add_argument("--held-out", type=positive_int, default=500, help="documents held out to measure fidelity")
     distill.add_argument("--checkpoint-steps", type=positive_int, default=500, help="steps between checkpoints")
+    distill.add_argument(
+        "--cache",
+        default=None,
+        help="folder for the teacher's vectors, shared by students of one teacher and texts (default: beside --out)",
+    )
     distill.add_argument("--no-progress", action="store_true")
     distill.set_defaults(func=cmd_distill)

@@ -72,6 +72,7 @@ class DistillOptions:
     held_out: int = 500
     seed: int = 0
     checkpoint_steps: int = 500
+    cache: str | None = None  # where the teacher's vectors are kept; None: beside the output (.<out>.distill)
 
     def check(self) -> None:
         """Refuse options that are out of range, naming the option and the valid values."""
@@ -187,9 +188,10 @@ def distill_model(
         "pseudo_queries": {"source": options.pseudo_queries, "per_document": options.sentences_per_doc},
         "held_out": {"count": len(held), "seed": options.seed},
     }
-    work = open_cache(output_dir, identity)
+    work = open_cache(work_folder(output_dir), identity)
+    cache = open_cache(Path(options.cache).expanduser(), identity) if options.cache else work
     started = time.perf_counter()
-    targets = teacher_targets(teacher_dir, work, training, queries, held_texts, progress)
+    targets = teacher_targets(teacher_dir, cache, training, queries, held_texts, progress)
     encoded = time.perf_counter()
     rotation = rotation_to_student(work, student, training, queries, targets, options.seed)
     targets = {key: value @ rotation["matrix"] for key, value in targets.items()}
@@ -322,7 +324,9 @@ def train_student(
         SequentialEvaluator,
     )
 
-    settings = {key: value for key, value in asdict(options).items() if key not in ("texts", "queries", "eval_sts")}
+    settings = {
+        key: value for key, value in asdict(options).items() if key not in ("texts", "queries", "eval_sts", "cache")
+    }
     settings["student"] = origin.name
     checkpoints = work / "checkpoints"
     earlier = sorted(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []

@@ -143,11 +143,12 @@ def evaluate_model(
     """Rows ``{view, setting, sts, ndcg@10, recall@100, bytes, encode_s}`` (scores x 100).
 
     For an uncompressed model: each part alone and the concatenation, at float32 and each
-    calibrated scheme. For a compressed model (modules after the concatenation): one view per
-    Matryoshka dimension (``matryoshka_dims``, default the output size) at float32, int8 and binary.
+    calibrated scheme. For a compressed model (modules after the concatenation) or a plain model (a
+    distilled student): one view per Matryoshka dimension (``matryoshka_dims``, default the output
+    size) at float32, int8 and binary.
 
     Args:
-        model: A loaded combined model (``SentenceTransformer`` with a ``ConcatEmbedding``).
+        model: A loaded combined model (``SentenceTransformer`` with a ``ConcatEmbedding``) or a plain one.
         sts: STS-B style TSV (gzip or plain).
         beir: BEIR folder (``corpus.jsonl*``, ``queries.jsonl*``, ``qrels/test.tsv``).
         limit: Subsample: STS pairs, and BEIR queries (their relevant documents plus up to
@@ -162,7 +163,8 @@ def evaluate_model(
     if sts is None and beir is None:
         raise ValueError("nothing to evaluate: pass --sts FILE and/or --beir DIR")
     concat = model[0]
-    timer = PartTimer(concat)
+    combined = hasattr(concat, "specs")  # else a plain model (a distilled student): one vector, no parts
+    timer = PartTimer(concat) if combined else None
     started = time.perf_counter()
     encoded: dict[str, Any] = {}
     if sts is not None:
@@ -179,8 +181,9 @@ def evaluate_model(
         queries_ = encode_stage(model.encode_query, [queries[q] for q in query_ids], "queries", **kwargs)
         encoded["beir"] = (queries_, docs)
     total_seconds = time.perf_counter() - started
-    timer.remove()
-    if has_projection(model):  # compressed: the parts' columns are gone, the Matryoshka prefixes are the views
+    if timer is not None:
+        timer.remove()
+    if has_projection(model) or not combined:  # one vector: its (Matryoshka) prefixes are the views
         dims = list(matryoshka_dims or [embedding_dimension_of(model)])
         return matryoshka_rows(
             encoded, dims, total_seconds, query_ids if beir else [], doc_ids if beir else [], qrels if beir else {},

@@ -102,7 +102,15 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     write(edited_model(built_model, root / "m_verif") / "verification.json", "{passed: true}")
     write(edited_model(built_model, root / "m_record") / ".concat-embed-build.json", '{"files": ["../../etc/passwd"]}')
     write(edited_model(built_model, root / "m_compressed") / "compression.json", '{"dims": [8]}')
+    from hub_export.publish.build import PartOptions, build_model
+
+    halves = [PartOptions("alpha", str(tiny_parts["a"]), truncate_dim=16), PartOptions("half", str(tiny_parts["a2"]), truncate_dim=16)]
+    build_model(halves, root / "t32")  # 32 dims: as wide as its part alpha, a student it can teach
     return Files(root, tiny_parts, built_model)
+
+
+def distill(f: Files, teacher: Path, texts: Path, *extra: str) -> list[str]:
+    return ["distill", str(teacher), "--texts", str(texts), "--out", str(f.o), "--no-progress", *extra]
 
 
 def build(f: Files, *extra: str, parts: tuple[str, ...] = ()) -> list[str]:
@@ -223,6 +231,17 @@ CLI_CASES = [
     ("calibrate-pooling-invalid-json", lambda f: ["calibrate", str(f.m_pooling), "--corpus", str(f.root / "corpus.jsonl")], 2, "beta/1_Pooling/config.json: invalid JSON at line 1 column 2"),
     ("serve-port-too-large", lambda f: ["serve", str(f.model), "--port", "70000"], 2, "argument --port: expected a port number in [0, 65535] (0 = any free port), got '70000'"),
     ("serve-port-negative", lambda f: ["serve", str(f.model), "--port", "-1"], 2, "argument --port: expected a port number in [0, 65535] (0 = any free port), got '-1'"),
+    ("distill-empty-texts", lambda f: distill(f, f.model, f.root / "empty.txt"), 2, "empty.txt: no texts found"),
+    ("distill-malformed-texts", lambda f: distill(f, f.model, f.root / "badjson.jsonl"), 2, "badjson.jsonl: line 2: invalid JSON at column 10"),
+    ("distill-too-few-texts", lambda f: distill(f, f.model, f.user_dir / "notes.txt"), 2, "notes.txt: 1 texts; distillation needs at least 10"),
+    ("distill-teacher-not-combined", lambda f: distill(f, f.user_dir, f.root / "corpus.jsonl"), 2, "user_dir: not a combined model folder (no concat_config.json)"),
+    ("distill-width-differs", lambda f: distill(f, f.model, f.root / "corpus.jsonl", "--student", "alpha"), 2, "student 'alpha' outputs 32 dims, the teacher 96: distil from a teacher of the student's width, made with `concat-embed compress model --dims 32"),
+    ("distill-student-unknown", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--student", "gamma"), 2, "student 'gamma' is neither a part of t32 (['alpha', 'half']) nor a sentence-transformers folder"),
+    ("distill-layers-out-of-range", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--student", "alpha", "--layers", "0,5"), 2, "layers [0, 5]: each must be an integer in [0, 1] (the student has 2 layers)"),
+    ("distill-layers-not-increasing", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--student", "alpha", "--layers", "1,0"), 2, "layers [1, 0]: must be strictly increasing, e.g. 0,2,4"),
+    ("distill-layers-word", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--layers", "first"), 2, "argument --layers: expected layer indices separated by commas, e.g. 0,2,4; got 'first'"),
+    ("distill-lr-nan", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--lr", "nan"), 2, "argument --lr: expected a finite number > 0, got 'nan'"),
+    ("distill-out-user-folder", lambda f: ["distill", str(f.t32), "--texts", str(f.root / "corpus.jsonl"), "--out", str(f.user_dir)], 2, "is not empty and was not written by concat-embed (it holds 'notes.txt')"),
     ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: dims do not apply"),
 ]  # fmt: skip
 

@@ -193,3 +193,39 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(teacher, corpus, tmp_path
     a = SentenceTransformer(str(tmp_path / "killed"), device="cpu").encode(texts)
     b = SentenceTransformer(str(tmp_path / "straight"), device="cpu").encode(texts)
     assert np.abs(a - b).max() <= 1e-4  # the same run, interrupted or not (float sums follow thread counts)
+
+
+def test_students_of_one_teacher_share_a_cache(student, teacher, corpus, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from hub_export.distill import train
+    from hub_export.distill.targets import IDENTITY_FILE
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("documents.npy", "queries.npy", "held-out.npy", IDENTITY_FILE):
+        shutil.copyfile(work_folder(student[0]) / name, shared / name)
+    monkeypatch.setattr(train, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded again"))
+    record = distill_model(teacher, tmp_path / "pruned", options(corpus, layers=[0], cache=str(shared)), progress=False)
+    assert record["student"]["layers_kept"] == [0] and not (work_folder(tmp_path / "pruned") / "documents.npy").exists()
+
+
+def test_eval_embed_and_serve_take_a_student(student, tmp_path, capsys) -> None:
+    from hub_export.cli import main
+    from hub_export.runtime.embed import EmbedJob, read_output, run_embed
+    from hub_export.serve.app import load_embedder
+    from hub_export.serve.requests import tei_info
+    from tests.constants import DATA
+
+    out = student[0]
+    assert main(["eval", str(out), "--sts", str(DATA / "stsb" / "test.tsv.gz"), "--limit", "20"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:3] == ["view", "setting", "sts"] and rows[1].split()[:2] == ["32d", "float32"]
+    records = tmp_path / "docs.jsonl"
+    records.write_text("".join(json.dumps({"_id": str(i), "text": f"snow flake number {i}"}) + "\n" for i in range(5)))
+    run_embed(EmbedJob(str(out), str(records), str(tmp_path / "vectors"), quantization=None), progress=False)
+    ids, vectors = read_output(tmp_path / "vectors")
+    expected = SentenceTransformer(str(out), device="cpu").encode_document([f"snow flake number {i}" for i in range(5)])
+    assert ids == [str(i) for i in range(5)] and np.abs(vectors - expected).max() <= 1e-5
+    embedder = load_embedder(str(out))
+    assert tei_info(embedder, "local")["dimension"] == 32 and embedder.model_id == "student"
