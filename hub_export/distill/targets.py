@@ -10,21 +10,17 @@ same inputs reuses the vectors, a changed input is refused with what changed.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hub_export.folder import read_json, write_json
-from hub_export.vectors import unit_rows
 
 logger = logging.getLogger(__name__)
 
 CACHE_KIND = "concat-embed distill cache"
 IDENTITY_FILE = "identity.json"
-CHUNK = 2048  # texts encoded (and saved) at a time
 
 
 def work_folder(output: Path) -> Path:
@@ -58,61 +54,6 @@ def open_cache(work: Path, identity: dict[str, Any]) -> Path:
     work.mkdir(parents=True)
     write_json(record, {"kind": CACHE_KIND, "identity": identity})
     return work
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` whole or not at all (a temporary name, then a rename)."""
-    temporary = path.with_name(path.name + ".tmp.npy")
-    np.save(temporary, array)
-    os.replace(temporary, path)
-
-
-def _load(path: Path, rows: int) -> np.ndarray:
-    """A cached array with ``rows`` finite rows (else the cache is not what this tool wrote)."""
-    array = np.load(path, allow_pickle=False)
-    if array.ndim != 2 or len(array) != rows or not np.isfinite(array).all():
-        raise ValueError(f"{path}: holds {array.shape} (expected {rows} finite rows); delete the cache folder")
-    return array
-
-
-def cached_vectors(
-    work: Path,
-    key: str,
-    texts: Sequence[str],
-    encode: Callable[..., np.ndarray],
-    label: str,
-    progress: bool = False,
-) -> np.ndarray:
-    """Unit vectors of ``texts`` by ``encode``, cached as ``<key>.npy`` in ``work`` and saved chunk by chunk while
-    encoding, so that a killed run resumes at its last chunk.
-
-    Raises:
-        ValueError: If the teacher's outputs are not finite, or a cached file has the wrong shape.
-    """
-    from tqdm.auto import tqdm
-
-    final = work / f"{key}.npy"
-    if final.is_file():
-        return _load(final, len(texts))
-    chunks = []
-    with tqdm(total=len(texts), desc=f"teacher: {label}", unit="text", disable=not progress) as bar:
-        for start in range(0, len(texts), CHUNK):
-            part = work / f"{key}.{start:08d}.npy"
-            count = len(texts[start : start + CHUNK])
-            if part.is_file():
-                chunks.append(_load(part, count))
-            else:
-                vectors = np.asarray(encode(list(texts[start : start + CHUNK]), show_progress_bar=False))
-                if not np.isfinite(vectors).all():
-                    raise ValueError(f"the teacher's vectors of {label} are not finite; run `concat-embed verify`")
-                chunks.append(unit_rows(vectors.astype(np.float32)))
-                _save(part, chunks[-1])
-            bar.update(count)
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-    _save(final, vectors)
-    for start in range(0, len(texts), CHUNK):
-        (work / f"{key}.{start:08d}.npy").unlink(missing_ok=True)
-    return vectors
 
 
 def procrustes(targets: np.ndarray, outputs: np.ndarray) -> np.ndarray:

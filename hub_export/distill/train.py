@@ -27,7 +27,8 @@ import numpy as np
 
 from hub_export.data import check_pseudo_queries, load_sts, read_corpus_texts, read_pseudo_queries
 from hub_export.distill.student import StudentOrigin, load_student
-from hub_export.distill.targets import cached_vectors, open_cache, procrustes, work_folder
+from hub_export.distill.targets import open_cache, procrustes, work_folder
+from hub_export.encoding import cached_vectors
 from hub_export.folder import (
     DISTILLATION_FILE,
     HELD_OUT_FILE,
@@ -263,11 +264,17 @@ def teacher_targets(
         return encode
 
     targets = {
-        "documents": cached_vectors(work, "documents", training, encoder("encode_document"), "documents", progress),
-        "held-out": cached_vectors(work, "held-out", held, encoder("encode_document"), "held-out documents", progress),
+        "documents": cached_vectors(
+            work, "documents", training, encoder("encode_document"), "teacher: documents", progress
+        ),
+        "held-out": cached_vectors(
+            work, "held-out", held, encoder("encode_document"), "teacher: held-out documents", progress
+        ),
     }
     if queries:
-        targets["queries"] = cached_vectors(work, "queries", queries, encoder("encode_query"), "queries", progress)
+        targets["queries"] = cached_vectors(
+            work, "queries", queries, encoder("encode_query"), "teacher: queries", progress
+        )
     return targets
 
 

@@ -104,7 +104,10 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     write(edited_model(built_model, root / "m_compressed") / "compression.json", '{"dims": [8]}')
     from hub_export.publish.build import PartOptions, build_model
 
-    halves = [PartOptions("alpha", str(tiny_parts["a"]), truncate_dim=16), PartOptions("half", str(tiny_parts["a2"]), truncate_dim=16)]
+    halves = [
+        PartOptions("alpha", str(tiny_parts["a"]), truncate_dim=16),
+        PartOptions("half", str(tiny_parts["a2"]), truncate_dim=16),
+    ]
     build_model(halves, root / "t32")  # 32 dims: as wide as its part alpha, a student it can teach
     return Files(root, tiny_parts, built_model)
 
