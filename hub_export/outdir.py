@@ -18,6 +18,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from hub_export.folder import BUILD_RECORD as RECORD
 from hub_export.folder import LATER_FILES, read_json, write_json
@@ -216,3 +217,35 @@ def add_files(folder: Path, staged: Path) -> list[str]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged / name, folder / name)
     return names
+
+
+CACHE_KIND = "concat-embed cache"
+IDENTITY_FILE = "identity.json"
+
+
+def cache_folder(work: Path, identity: dict[str, Any]) -> Path:
+    """A cache folder of this tool's for inputs ``identity`` (``identity.json`` pins them): created, or reused when
+    it was made for the same inputs (distill's work folder and shared teacher vectors, select's candidate vectors).
+
+    Raises:
+        ValueError: If the folder is a link, holds files this tool did not write, or was made for other inputs
+            (naming what changed); nothing is changed then.
+    """
+    record = work / IDENTITY_FILE
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise ValueError(f"{work} is a link or a file; move it away (distill keeps its teacher vectors there)")
+    if work.is_dir():
+        previous = read_json(record) if record.is_file() and not record.is_symlink() else None
+        if not isinstance(previous, dict) or previous.get("kind") != CACHE_KIND:
+            raise ValueError(f"{work} holds files concat-embed did not write; move it away or choose another folder")
+        if previous.get("identity") != identity:
+            old = previous.get("identity") if isinstance(previous.get("identity"), dict) else {}
+            changed = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+            raise ValueError(
+                f"{work} caches the vectors of other inputs: {changed} (cached, now) changed since; "
+                f"use another output or cache folder, or delete {work} to encode anew"
+            )
+        return work
+    work.mkdir(parents=True)
+    write_json(record, {"kind": CACHE_KIND, "identity": identity})
+    return work

@@ -27,7 +27,7 @@ import numpy as np
 
 from hub_export.data import check_pseudo_queries, load_sts, read_corpus_texts, read_pseudo_queries
 from hub_export.distill.student import StudentOrigin, load_student
-from hub_export.distill.targets import open_cache, procrustes, work_folder
+from hub_export.distill.targets import procrustes, work_folder
 from hub_export.encoding import cached_vectors
 from hub_export.folder import (
     DISTILLATION_FILE,
@@ -42,7 +42,7 @@ from hub_export.folder import (
     read_json,
     write_json,
 )
-from hub_export.outdir import check_output, write_whole
+from hub_export.outdir import cache_folder, check_output, write_whole
 from hub_export.vectors import cosine_rows, similarity_fidelity, unit_rows
 
 logger = logging.getLogger(__name__)
@@ -189,8 +189,8 @@ def distill_model(
         "pseudo_queries": {"source": options.pseudo_queries, "per_document": options.sentences_per_doc},
         "held_out": {"count": len(held), "seed": options.seed},
     }
-    work = open_cache(work_folder(output_dir), identity)
-    cache = open_cache(Path(options.cache).expanduser(), identity) if options.cache else work
+    work = cache_folder(work_folder(output_dir), identity)
+    cache = cache_folder(Path(options.cache).expanduser(), identity) if options.cache else work
     started = time.perf_counter()
     targets = teacher_targets(teacher_dir, cache, training, queries, held_texts, progress)
     encoded = time.perf_counter()

@@ -148,7 +148,7 @@ def test_a_rerun_reuses_the_teachers_vectors_and_refuses_changed_texts(student, 
     changed = tmp_path / "corpus.jsonl"
     write_corpus(changed, 120, seed=1)
     before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(ValueError, match=r"caches the teacher's vectors of other inputs: \{'texts': "):
+    with pytest.raises(ValueError, match=r"caches the vectors of other inputs: \{'texts': "):
         distill_model(teacher, out, options(changed, epochs=1), progress=False)
     assert sorted(p.name for p in out.iterdir()) == before  # nothing written, nothing deleted
 
@@ -199,7 +199,7 @@ def test_students_of_one_teacher_share_a_cache(student, teacher, corpus, tmp_pat
     import shutil
 
     from hub_export.distill import train
-    from hub_export.distill.targets import IDENTITY_FILE
+    from hub_export.outdir import IDENTITY_FILE
 
     shared = tmp_path / "shared"
     shared.mkdir()
