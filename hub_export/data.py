@@ -188,6 +188,11 @@ def read_corpus_titles(path: str | Path, limit: int | None = None, exclude: Coll
     ]
 
 
+def split_sentences(text: str) -> list[str]:
+    """A text's pieces, split after ``.``, ``!`` or ``?`` followed by white space (each kept as written)."""
+    return SENTENCE_END.split(text.strip())
+
+
 def read_corpus_sentences(
     path: str | Path,
     limit: int | None = None,
@@ -215,9 +220,7 @@ def read_corpus_sentences(
     for position, doc in enumerate(corpus_documents(path, limit)):
         if position in exclude:
             continue
-        pieces = [
-            piece for piece in SENTENCE_END.split(doc["text"].strip()) if len(piece.split()) >= MIN_SENTENCE_WORDS
-        ]
+        pieces = [piece for piece in split_sentences(doc["text"]) if len(piece.split()) >= MIN_SENTENCE_WORDS]
         if per_document == 1 and pieces:
             sentences.append(pieces[int(rng.integers(len(pieces)))])  # the draw of the one-per-document default
         elif per_document is not None and len(pieces) > per_document:

@@ -305,6 +305,11 @@ def load_model(model: str | Path, **kwargs: Any) -> Any:
     return SentenceTransformer(str(model), **({"trust_remote_code": True} | kwargs))
 
 
+def cache_home() -> Path:
+    """Where concat-embed caches what it builds or encodes: ``$CONCAT_EMBED_CACHE`` or ``~/.cache/concat-embed``."""
+    return Path(os.environ.get("CONCAT_EMBED_CACHE", Path.home() / ".cache" / "concat-embed"))
+
+
 def is_finite_number(value: Any) -> bool:
     """A real number (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from hub_export.cli import demo, distill, publish, quality, runtime, serve
+from hub_export.cli import demo, distill, publish, quality, runtime, select, serve
 
 logger = logging.getLogger("hub_export")
 DESCRIPTION = "Build, verify, publish, measure, compress, embed with and serve combined embedding models."
@@ -24,7 +24,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="concat-embed", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (publish, quality, runtime, serve, distill, demo):
+    for group in (publish, quality, runtime, serve, distill, select, demo):
         group.register(sub)
     for command in sub.choices.values():  # a command's own errors print its own usage (see main)
         command.set_defaults(command_parser=command)

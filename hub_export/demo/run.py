@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from importlib import metadata
 from pathlib import Path
 from typing import TextIO
@@ -14,7 +13,7 @@ import torch
 from torch.nn.functional import normalize
 
 from hub_export.demo.parts import L3_DIST, L6_DIST, demo_parts
-from hub_export.folder import is_combined, load_model
+from hub_export.folder import cache_home, is_combined, load_model
 from hub_export.publish.build import MODELING_FILE, build_model
 from hub_export.quality.evaluation import part_views
 
@@ -33,14 +32,9 @@ each command needs beyond the demo install, in a checkout: pip install -e '.[NAM
 """
 
 
-def default_cache_dir() -> Path:
-    """``$CONCAT_EMBED_CACHE`` or ``~/.cache/concat-embed``."""
-    return Path(os.environ.get("CONCAT_EMBED_CACHE", Path.home() / ".cache" / "concat-embed"))
-
-
 def demo_model_dir(cache_dir: str | Path | None = None, rebuild: bool = False) -> Path:
     """Build the demo model into the cache (keyed by package versions and modeling.py) and return it."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir else cache_home()
     key = hashlib.sha256(
         "|".join([metadata.version(L6_DIST), metadata.version(L3_DIST), MODELING_FILE.read_text()]).encode()
     ).hexdigest()[:12]

@@ -66,6 +66,12 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     write(root / "sts_badscore.tsv", "score\tsentence1\tsentence2\nhigh\ta cat\ta dog\n")
     write(root / "sts_nan.tsv", "score\tsentence1\tsentence2\nnan\ta cat\ta dog\n")
     write(root / "sts_short.tsv", "score\tsentence1\tsentence2\n3.0\tonly one sentence\n")
+    write(root / "sts_one.tsv", "score\tsentence1\tsentence2\n3.0\ta cat\ta dog\n")
+    write(root / "sts_header.tsv", "score\tsentence1\tsentence2\n")
+    write(
+        root / "pairs.tsv",
+        "score\tsentence1\tsentence2\n" + "".join(f"{i % 5}.0\ta cat {i}\ta dog {i}\n" for i in range(8)),
+    )
     beir = root / "beir_empty"
     write(beir / "corpus.jsonl", "")
     write(beir / "queries.jsonl", '{"_id": "q1", "text": "what?"}\n')
@@ -110,6 +116,12 @@ def bad(tmp_path_factory, tiny_parts, built_model) -> Files:
     ]
     build_model(halves, root / "t32")  # 32 dims: as wide as its part alpha, a student it can teach
     return Files(root, tiny_parts, built_model)
+
+
+def select(f: Files, names: str, *extra: str, data: Path | None = None) -> list[str]:
+    """``select`` over the tiny parts named (comma-separated; an unknown name takes part a's folder)."""
+    parts = [arg for name in names.split(",") for arg in ("--part", f"{name}={f.parts.get(name, f.parts['a'])}")]
+    return ["select", *parts, "--sts", str(data or f.root / "pairs.tsv"), "--no-progress", "--cache", str(f.o), *extra]
 
 
 def distill(f: Files, teacher: Path, texts: Path, *extra: str) -> list[str]:
@@ -245,6 +257,19 @@ CLI_CASES = [
     ("distill-layers-word", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--layers", "first"), 2, "argument --layers: expected layer indices separated by commas, e.g. 0,2,4; got 'first'"),
     ("distill-lr-nan", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--lr", "nan"), 2, "argument --lr: expected a finite number > 0, got 'nan'"),
     ("distill-out-user-folder", lambda f: ["distill", str(f.t32), "--texts", str(f.root / "corpus.jsonl"), "--out", str(f.user_dir)], 2, "is not empty and was not written by concat-embed (it holds 'notes.txt')"),
+    ("select-one-candidate", lambda f: select(f, "a"), 2, "select needs at least 2 candidates, got 1"),
+    ("select-duplicate-names", lambda f: select(f, "a,a"), 2, "candidate names must be unique, got ['a', 'a']"),
+    ("select-unsafe-name", lambda f: select(f, "a,a/b"), 2, "candidate name 'a/b' is not allowed"),
+    ("select-candidate-fails", lambda f: ["select", "--part", f"a={f.parts['a']}", "--part", f"gone={f.root / 'no_model'}", "--sts", str(f.root / "pairs.tsv"), "--no-progress"], 2, "candidate 'gone' ("),
+    ("select-max-parts-zero", lambda f: select(f, "a,b", "--max-parts", "0"), 2, "argument --max-parts: expected a positive integer, got '0'"),
+    ("select-max-parts-above", lambda f: select(f, "a,b", "--max-parts", "3"), 2, "max_parts = 3: expected an integer in [1, 2] (the candidates)"),
+    ("select-holdout-zero", lambda f: select(f, "a,b", "--holdout", "0"), 2, "argument --holdout: expected a share strictly between 0 and 1, e.g. 0.5; got '0'"),
+    ("select-holdout-one", lambda f: select(f, "a,b", "--holdout", "1"), 2, "expected a share strictly between 0 and 1"),
+    ("select-holdout-nan", lambda f: select(f, "a,b", "--holdout", "nan"), 2, "expected a share strictly between 0 and 1, e.g. 0.5; got 'nan'"),
+    ("select-no-pairs", lambda f: select(f, "a,b", data=f.root / "sts_one.tsv"), 2, "sts_one.tsv: 1 usable pairs; select needs at least 2 (half are held out)"),
+    ("select-only-header", lambda f: select(f, "a,b", data=f.root / "sts_header.tsv"), 2, "sts_header.tsv: no sentence pairs (only a header)"),
+    ("select-no-data", lambda f: ["select", "--part", f"a={f.parts['a']}", "--part", f"b={f.parts['b']}"], 2, "one of the arguments --sts --beir --corpus is required"),
+    ("select-build-user-folder", lambda f: select(f, "a,b", "--build", str(f.user_dir)), 2, "is not empty and was not written by concat-embed (it holds 'notes.txt')"),
     ("calibrate-compressed-dims", lambda f: ["calibrate", str(f.m_compressed), "--corpus", str(f.root / "corpus.jsonl"), "--dims", "alpha=4"], 2, "is compressed: dims do not apply"),
 ]  # fmt: skip
 

