@@ -133,5 +133,5 @@ def test_weights_that_come_out_non_finite_are_refused(tiny_parts, sts_file, tmp_
     scorer = Scorer(devset, [load_candidate(n, str(tiny_parts[n]), devset, tmp_path / "c", False) for n in "ab"])
     monkeypatch.setattr(scoring, "GRID", (float("inf"),))
     monkeypatch.setattr(scorer, "score", lambda parts, weights, units: sum(weights))  # an infinite weight "wins"
-    with pytest.raises(ValueError, match=r"weights of \['a', 'b'\] came out \(nan, nan\): expected finite numbers > 0"):
+    with pytest.raises(ValueError, match=r"weights of \['a', 'b'\] came out \(0.0, nan\): expected finite numbers > 0"):
         scorer.best_weights(["a", "b"])
