@@ -31,6 +31,7 @@ from hub_export.folder import (
     VERIFICATION_FILE,
     check_model_folder,
     exported_files,
+    is_combined,
     load_model,
     read_json,
     write_json,
@@ -144,10 +145,18 @@ def _quiet() -> Iterator[None]:
             log.setLevel(level)
 
 
+def parts_of(model: Any) -> list[tuple[str, str, Any]]:
+    """``(name, subfolder, Transformer module)`` of each part of a combined model; a plain model (a distilled
+    student) is one part at the folder's root, as sentence-transformers lays out its own ``onnx/``."""
+    if hasattr(model[0], "specs"):
+        return [(spec.name, spec.subfolder, pipeline[0]) for spec, pipeline in zip(model[0].specs, model[0].pipelines)]
+    return [("model", "", model[0])]
+
+
 @contextmanager
 def _running(model: Any, backend: str, files: Sequence[Path]) -> Iterator[None]:
     """Run every part of a loaded model from ``files[i]`` (restored to torch afterwards)."""
-    transformers = [pipeline[0] for pipeline in model[0].pipelines]
+    transformers = [transformer for _, _, transformer in parts_of(model)]
     originals = [transformer.auto_model for transformer in transformers]
     try:
         for transformer, original, path in zip(transformers, originals, files):
@@ -217,7 +226,7 @@ def export_backends(
     if not onnx and not openvino:
         raise ValueError("nothing to export: give onnx and/or openvino")
     model_dir = Path(model_dir)
-    check_model_folder(model_dir)
+    check_model_folder(model_dir, students=True)
     family = check_family(family) if int8 and onnx else None
     sts_pairs = load_sts(sts, sts_limit) if sts else None
     texts = read_corpus_texts(calibration, 300) if calibration else PROBES
@@ -227,10 +236,10 @@ def export_backends(
     reference = _measure(model, PROBES, sts_pairs)
     staging = staging_folder(model_dir)
     try:
-        for spec, pipeline in zip(model[0].specs, model[0].pipelines):
-            logger.info("part %s: exporting", spec.name)
-            _export_part(pipeline[0], staging / spec.subfolder, onnx, openvino, int8, family, texts)
-        record = {"parts": [spec.name for spec in model[0].specs], "reference_sts": reference.get("sts")}
+        for name, subfolder, transformer in parts_of(model):
+            logger.info("part %s: exporting", name)
+            _export_part(transformer, staging / subfolder, onnx, openvino, int8, family, texts)
+        record = {"parts": [name for name, _, _ in parts_of(model)], "reference_sts": reference.get("sts")}
         record["files"] = exported_files(model_dir) | {
             name: _check_file(model, staging, name, reference, sts_pairs, family) for name in wanted
         }
@@ -252,9 +261,14 @@ def planned_files(model_dir: Path, onnx: bool, openvino: bool, int8: bool, famil
     wanted = ([BACKEND_DEFAULT_FILES["onnx"]] if onnx else []) + ([ONNX_INT8_FILES[family]] if family else [])
     wanted += [BACKEND_DEFAULT_FILES["openvino"]] if openvino else []
     wanted += [OPENVINO_INT8_FILE] if openvino and int8 else []
-    specs, _ = parse_concat_config(read_json(model_dir / CONFIG_FILE), CONFIG_FILE)
+    if is_combined(model_dir):
+        specs, _ = parse_concat_config(read_json(model_dir / CONFIG_FILE), CONFIG_FILE)
+        subfolders = [spec.subfolder for spec in specs]
+    else:  # a distilled student: one part at the root
+        subfolders = [""]
     companions = [name[: -len(".xml")] + ".bin" for name in wanted if name.endswith(".xml")]
-    check_addable(model_dir, [BACKENDS_FILE] + [f"{s.subfolder}/{name}" for s in specs for name in wanted + companions])
+    files = [Path(sub, name).as_posix() for sub in subfolders for name in wanted + companions]
+    check_addable(model_dir, [BACKENDS_FILE, *files])
     return wanted
 
 
@@ -292,7 +306,7 @@ def _check_file(
         ValueError: If an fp32 file differs from torch by more than :data:`FP32_TOLERANCE` (nothing is added).
     """
     backend = "onnx" if name.startswith("onnx/") else "openvino"
-    with _running(model, backend, [staging / spec.subfolder / name for spec in model[0].specs]):
+    with _running(model, backend, [staging / subfolder / name for _, subfolder, _ in parts_of(model)]):
         measured = _measure(model, PROBES, sts_pairs)
     diff = float(np.abs(measured["vectors"] - reference["vectors"]).max())
     is_int8 = name not in BACKEND_DEFAULT_FILES.values()

@@ -229,3 +229,14 @@ def test_eval_embed_and_serve_take_a_student(student, tmp_path, capsys) -> None:
     assert ids == [str(i) for i in range(5)] and np.abs(vectors - expected).max() <= 1e-5
     embedder = load_embedder(str(out))
     assert tei_info(embedder, "local")["dimension"] == 32 and embedder.model_id == "student"
+
+
+def test_export_backends_puts_a_students_onnx_file_where_sentence_transformers_looks(student, tmp_path) -> None:
+    import shutil
+
+    from hub_export.publish.backends import export_backends
+
+    out = Path(shutil.copytree(student[0], tmp_path / "student"))
+    record = export_backends(out, onnx=True)
+    assert record["parts"] == ["model"] and record["files"]["onnx/model.onnx"]["max_abs_diff"] <= 1e-4
+    assert (out / "onnx" / "model.onnx").is_file() and "onnx/model.onnx" in model_files(out)
