@@ -78,3 +78,20 @@ def test_eval_on_a_subsample_with_calibrated_compression(demo_dir, tmp_path) -> 
         assert by_key[(view, "float32")]["sts"] > 70 and by_key[(view, "float32")]["ndcg@10"] > 50
         assert abs(by_key[(view, "int8")]["sts"] - by_key[(view, "float32")]["sts"]) < 1.0
         assert abs(by_key[(view, "int8")]["ndcg@10"] - by_key[(view, "float32")]["ndcg@10"]) < 3.0
+
+
+@pytest.mark.slow
+def test_the_demo_model_distils_into_minilm_l6(demo_dir, tmp_path) -> None:
+    """The demo pair compressed to 384 dims (PCA on 400 SciFact abstracts) teaches all-MiniLM-L6-v2 in one epoch."""
+    from hub_export.distill import DistillOptions, distill_model
+    from hub_export.quality.compress import CompressOptions, compress_model
+
+    corpus = DATA / "scifact" / "corpus.jsonl.gz"
+    teacher = tmp_path / "demo-384"
+    compress_model(demo_dir, teacher, CompressOptions(str(corpus), [384], method="pca", limit=400), progress=False)
+    options = DistillOptions(str(corpus), student="minilm_l6", limit=400, sentences_per_doc=1, held_out=40, epochs=1)
+    record = distill_model(teacher, tmp_path / "student", options, progress=False)
+    assert record["student"]["origin"] == "minilm_l6" and record["teacher"]["dimension"] == 384
+    assert record["held_out"]["after"]["mse"] < record["held_out"]["before"]["mse"]
+    student = SentenceTransformer(str(tmp_path / "student"), device="cpu")
+    assert student.encode_query(["what is snow?"]).shape == (1, 384)
