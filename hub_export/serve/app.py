@@ -120,7 +120,9 @@ class GuardMiddleware:
                 await response(scope, receive, send)
                 return
         if scope["method"] == "POST":
-            body = await self._bounded_body(receive)
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            too_long = declared.isdigit() and int(declared) > self.payload_limit
+            body = None if too_long else await self._bounded_body(receive)
             if body is None:
                 message = f"body: the request is larger than the limit of {self.payload_limit} bytes"
                 self.metrics.requests.labels(route, "413").inc()
@@ -140,7 +142,7 @@ class GuardMiddleware:
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
     async def _bounded_body(self, receive: Callable) -> bytes | None:
-        """The whole request body, or None as soon as it passes the limit (a declared length is checked first)."""
+        """The whole request body, or None as soon as it passes the limit (a chunked body has no declared length)."""
         chunks, size = [], 0
         while True:
             message = await receive()
