@@ -17,6 +17,20 @@ import pytest  # noqa: E402
 from tests.tiny_models import make_tiny_bert  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The default run (``-m 'not slow'``: tiny models only) runs torch, and the processes it starts, at one thread.
+
+    The tiny models gain nothing from a second thread, and on a busy machine two OpenMP threads that wait for
+    each other make a 2-second training fixture take 50 (measured beside a 2-thread job on 2 cores). ``slow``
+    runs (real models) keep torch's default; tests of thread handling set the counts they check themselves.
+    """
+    if config.getoption("markexpr") == "not slow":
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Plain transformers folders: ``a`` (32d, tokenizer a), ``a2`` (48d, tokenizer a), ``b`` (40d, tokenizer b)."""

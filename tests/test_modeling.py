@@ -355,7 +355,8 @@ def test_cpu_share_without_proc_stat_keeps_the_ceiling(monkeypatch) -> None:
 
 def test_forward_runs_with_the_governed_threads_and_restores_them(loaded_model, monkeypatch) -> None:
     concat = loaded_model[0]
-    ceiling = torch.get_num_threads()
+    original, ceiling = torch.get_num_threads(), 2
+    torch.set_num_threads(ceiling)  # the process's count, whatever the run's default
     seen = []
     monkeypatch.setattr(concat._cpu_share, "threads", lambda wanted: 1)
     hook = concat.pipelines[0].register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
@@ -363,10 +364,12 @@ def test_forward_runs_with_the_governed_threads_and_restores_them(loaded_model, 
         expected = loaded_model.encode(["hello world"])
         concat.adaptive_threads = False
         unchanged = loaded_model.encode(["hello world"])
+        after = torch.get_num_threads()
     finally:
         hook.remove()
         concat.adaptive_threads = True
-    assert seen == [1, ceiling] and torch.get_num_threads() == ceiling
+        torch.set_num_threads(original)
+    assert seen == [1, ceiling] and after == ceiling
     assert np.abs(expected - unchanged).max() <= 1e-6
 
 

@@ -174,9 +174,10 @@ def test_a_non_finite_loss_stops_at_its_step_and_writes_nothing(teacher, corpus,
     assert not (tmp_path / "s").exists()
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(teacher, corpus, tmp_path) -> None:
+def test_a_killed_run_resumes_from_its_last_checkpoint(student, teacher, corpus, tmp_path) -> None:
+    """kill -9 after the checkpoint of step 20; the same command finishes the run that ``student`` ran whole."""
     args = [sys.executable, "-m", "hub_export", "distill", str(teacher), "--texts", str(corpus), "--epochs", "2",
-            "--batch-size", "16", "--lr", "1e-3", "--checkpoint-steps", "10", "--no-progress"]  # fmt: skip
+            "--batch-size", "16", "--lr", "1e-3", "--checkpoint-steps", "10", "--no-progress"]  # options(corpus)
     kill = os.environ | {"CONCAT_EMBED_TEST_KILL_AFTER_CHECKPOINT": "20"}
     killed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=kill, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -187,11 +188,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(teacher, corpus, tmp_path
     record = json.loads((tmp_path / "killed" / "distillation.json").read_text())
     assert record["training"]["resumed"] is True and record["training"]["steps"] == 56
     assert not (work_folder(tmp_path / "killed") / "checkpoints").exists()  # removed once the student is written
-    straight = subprocess.run([*args, "--out", str(tmp_path / "straight")], capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr[-2000:]
     texts = ["what is snow?", "the quick brown fox jumps over the lazy dog"]
     a = SentenceTransformer(str(tmp_path / "killed"), device="cpu").encode(texts)
-    b = SentenceTransformer(str(tmp_path / "straight"), device="cpu").encode(texts)
+    b = SentenceTransformer(str(student[0]), device="cpu").encode(texts)
     assert np.abs(a - b).max() <= 1e-4  # the same run, interrupted or not (float sums follow thread counts)
 
 

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 from sentence_transformers import SentenceTransformer
 
 from hub_export.folder import model_files
+from hub_export.quality import compress
 from hub_export.quality.compress import CompressOptions, compress_model, fit_pca, train_projection
 from tests.tiny_models import WORDS, built_model_reference
 
@@ -141,13 +142,16 @@ def two_sentence_corpus(path: Path) -> Path:
     return path
 
 
-def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built_model, tmp_path, caplog) -> None:
+def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(
+    built_model, tmp_path, caplog, monkeypatch
+) -> None:
+    monkeypatch.setattr(compress, "TRAINING_DRAWS", 1_200)  # the default's formula, at a test's size
     corpus = two_sentence_corpus(tmp_path / "corpus.jsonl")
     options = CompressOptions(str(corpus), [24, 12], limit=40)
     record = compress_model(built_model, tmp_path / "default", options, progress=False)
-    # every sentence: two of 8 and 7 words per document; unset epochs: about 100,000 anchors (40 + 80 per pass)
+    # every sentence: two of 8 and 7 words per document; unset epochs: about TRAINING_DRAWS anchors (40 + 80 a pass)
     assert record["pseudo_queries"] == {"source": "sentences", "texts": 80, "per_document": None}
-    assert record["epochs"] == round(100_000 / 120)
+    assert record["epochs"] == round(1_200 / 120)
     assert "trained with 80 corpus sentences as pseudo queries" in (tmp_path / "default" / "README.md").read_text()
     options = CompressOptions(str(corpus), [24, 12], epochs=2, limit=40, sentences_per_doc=1)
     record = compress_model(built_model, tmp_path / "one", options, progress=False)
@@ -176,9 +180,10 @@ def test_corpus_sentences_or_titles_become_pseudo_queries_and_are_recorded(built
     assert not (tmp_path / "bad").exists()
 
 
-def test_cli_passes_sentences_per_doc_and_epochs(built_model, tmp_path, capsys) -> None:
+def test_cli_passes_sentences_per_doc_and_epochs(built_model, tmp_path, capsys, monkeypatch) -> None:
     from hub_export.cli import main
 
+    monkeypatch.setattr(compress, "TRAINING_DRAWS", 2_400)
     corpus = two_sentence_corpus(tmp_path / "corpus.jsonl")
     out = tmp_path / "cli"
     argv = ["compress", str(built_model), "--corpus", str(corpus), "--out", str(out), "--dims", "24,12",
@@ -192,7 +197,7 @@ def test_cli_passes_sentences_per_doc_and_epochs(built_model, tmp_path, capsys) 
     assert [line.split()[0] for line in lines[1:]] == ["24", "12"]
     assert main(argv[:-5] + ["--sentences-per-doc", "0", "--no-progress"]) == 0  # 0: every sentence, again
     record = json.loads((out / "compression.json").read_text())
-    assert record["pseudo_queries"]["texts"] == 160 and record["epochs"] == round(100_000 / 240)
+    assert record["pseudo_queries"]["texts"] == 160 and record["epochs"] == round(2_400 / 240)
 
 
 def test_compressed_folder_verifies_publishes_and_documents_itself(compressed) -> None:
