@@ -110,7 +110,7 @@ def _mse_loss(student: Any) -> Any:
     return CheckedMSELoss(student)
 
 
-def _callbacks(loss: Any) -> list[Any]:
+def _callbacks(loss: Any, clock: _TrainingClock) -> list[Any]:
     from transformers import TrainerCallback
 
     class Steps(TrainerCallback):
@@ -118,11 +118,31 @@ def _callbacks(loss: Any) -> list[Any]:
             loss.step = state.global_step
 
         def on_save(self, args, state, control, **kwargs):
+            clock.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             kill_after = int(os.environ.get(KILL_AFTER_CHECKPOINT_ENV, "0") or 0)
             if kill_after and state.global_step >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return [Steps()]
+
+
+class _TrainingClock:
+    """Training seconds over every run of one training: each checkpoint keeps the total so far, a resumed run
+    starts from its checkpoint's."""
+
+    FILE = "training-seconds.json"
+
+    def __init__(self, resumed_from: Path | None) -> None:
+        earlier = resumed_from / self.FILE if resumed_from is not None else None
+        self.before = float(read_json(earlier)["seconds"]) if earlier is not None and earlier.is_file() else 0.0
+        self.started = time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def save(self, checkpoint: Path) -> None:
+        if checkpoint.is_dir():
+            write_json(checkpoint / self.FILE, {"seconds": round(self.total(), 1)})
 
 
 class _CachedTeacher:
@@ -197,10 +217,9 @@ def distill_model(
     rotation = rotation_to_student(work, student, training, queries, targets, options.seed)
     targets = {key: value @ rotation["matrix"] for key, value in targets.items()}
     before = similarity_fidelity(student.encode_document(held_texts), targets["held-out"])
-    steps, resumed = train_student(
+    steps, resumed, training_seconds = train_student(
         student, work, (training, queries, held_texts), targets, sts, options, origin, progress
     )
-    trained = time.perf_counter()
     after = similarity_fidelity(student.encode_document(held_texts), targets["held-out"])
     record = {
         "teacher": {
@@ -234,7 +253,7 @@ def distill_model(
         },
         "rotation": {key: value for key, value in rotation.items() if key != "matrix"},
         "held_out": {"texts": len(held_texts), "before": before, "after": after},
-        "seconds": {"teacher_encoding": round(encoded - started, 1), "training": round(trained - encoded, 1)},
+        "seconds": {"teacher_encoding": round(encoded - started, 1), "training": training_seconds},
         "prompts": student.prompts,
     }
     if sts is not None:
@@ -315,12 +334,13 @@ def train_student(
     options: DistillOptions,
     origin: StudentOrigin,
     progress: bool,
-) -> tuple[int, bool]:
+) -> tuple[int, bool, float]:
     """Train with sentence-transformers' trainer on ``texts`` (training documents, queries, held-out documents);
     resume from the work folder's last checkpoint when the settings are the same.
 
     Returns:
-        The number of optimizer steps and whether the run resumed.
+        The number of optimizer steps, whether the run resumed, and the training seconds of all its runs (a
+        resumed run adds its own to those its checkpoint recorded; steps repeated after the checkpoint count).
     """
     import torch
     from datasets import Dataset, DatasetDict
@@ -384,20 +404,22 @@ def train_student(
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     loss = _mse_loss(student)
+    latest = max(earlier, key=lambda path: int(path.name.rpartition("-")[2])) if earlier else None
+    clock = _TrainingClock(latest)
     trainer = SentenceTransformerTrainer(
         model=student,
         args=arguments,
         train_dataset=DatasetDict(datasets) if len(datasets) > 1 else datasets["documents"],
         loss=loss,
         evaluator=SequentialEvaluator(evaluators),
-        callbacks=_callbacks(loss),
+        callbacks=_callbacks(loss, clock),
     )
     if not progress:  # without bars the trainer prints each log line; the record holds what matters
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     result = trainer.train(resume_from_checkpoint=bool(earlier))
-    return int(result.global_step), bool(earlier)
+    return int(result.global_step), bool(earlier), round(clock.total(), 1)
 
 
 def _sts_spearman(student: Any, sts: tuple[list[str], list[str], np.ndarray], name: str) -> float | None:

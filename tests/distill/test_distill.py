@@ -198,11 +198,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(student, teacher, corpus,
     killed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=kill, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "killed").exists()
-    assert (work_folder(tmp_path / "killed") / "checkpoints" / "checkpoint-20").is_dir()
+    clock = work_folder(tmp_path / "killed") / "checkpoints" / "checkpoint-20" / "training-seconds.json"
+    assert json.loads(clock.read_text())["seconds"] > 0
+    clock.write_text('{"seconds": 1000.0}')  # as if the killed run had trained 1000 s: the total must carry it
     resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = json.loads((tmp_path / "killed" / "distillation.json").read_text())
     assert record["training"]["resumed"] is True and record["training"]["steps"] == 56
+    assert record["seconds"]["training"] > 1000  # the killed run's seconds (from its checkpoint) plus the resumed's
     assert not (work_folder(tmp_path / "killed") / "checkpoints").exists()  # removed once the student is written
     texts = ["what is snow?", "the quick brown fox jumps over the lazy dog"]
     a = SentenceTransformer(str(tmp_path / "killed"), device="cpu").encode(texts)
