@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hub_export.data import check_pseudo_queries, load_sts, read_corpus_texts, read_pseudo_queries
-from hub_export.distill.student import StudentOrigin, load_student
+from hub_export.distill.student import StudentOrigin, drop_attention_dropout, load_student
 from hub_export.distill.targets import procrustes, work_folder
 from hub_export.encoding import cached_vectors
 from hub_export.folder import (
@@ -217,7 +217,7 @@ def distill_model(
     rotation = rotation_to_student(work, student, training, queries, targets, options.seed)
     targets = {key: value @ rotation["matrix"] for key, value in targets.items()}
     before = similarity_fidelity(student.encode_document(held_texts), targets["held-out"])
-    steps, resumed, training_seconds = train_student(
+    steps, resumed, training_seconds, attention_dropout = train_student(
         student, work, (training, queries, held_texts), targets, sts, options, origin, progress
     )
     after = similarity_fidelity(student.encode_document(held_texts), targets["held-out"])
@@ -250,6 +250,10 @@ def distill_model(
             "loss": "MSELoss (sentence-transformers)",
             "seed": options.seed,
             "resumed": resumed,
+            "attention_dropout": {
+                "origin": attention_dropout,
+                "training": 0.0 if attention_dropout is not None else None,
+            },
         },
         "rotation": {key: value for key, value in rotation.items() if key != "matrix"},
         "held_out": {"texts": len(held_texts), "before": before, "after": after},
@@ -334,13 +338,14 @@ def train_student(
     options: DistillOptions,
     origin: StudentOrigin,
     progress: bool,
-) -> tuple[int, bool, float]:
+) -> tuple[int, bool, float, float | None]:
     """Train with sentence-transformers' trainer on ``texts`` (training documents, queries, held-out documents);
     resume from the work folder's last checkpoint when the settings are the same.
 
     Returns:
-        The number of optimizer steps, whether the run resumed, and the training seconds of all its runs (a
-        resumed run adds its own to those its checkpoint recorded; steps repeated after the checkpoint count).
+        The number of optimizer steps, whether the run resumed, the training seconds of all its runs (a resumed
+        run adds its own to those its checkpoint recorded; steps repeated after the checkpoint count), and the
+        attention dropout the student had (turned off for training: :func:`drop_attention_dropout`).
     """
     import torch
     from datasets import Dataset, DatasetDict
@@ -403,6 +408,7 @@ def train_student(
         multi_dataset_batch_sampler="proportional",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    attention_dropout = drop_attention_dropout(student)
     loss = _mse_loss(student)
     latest = max(earlier, key=lambda path: int(path.name.rpartition("-")[2])) if earlier else None
     clock = _TrainingClock(latest)
@@ -419,7 +425,7 @@ def train_student(
 
         trainer.remove_callback(PrinterCallback)
     result = trainer.train(resume_from_checkpoint=bool(earlier))
-    return int(result.global_step), bool(earlier), round(clock.total(), 1)
+    return int(result.global_step), bool(earlier), round(clock.total(), 1), attention_dropout
 
 
 def _sts_spearman(student: Any, sts: tuple[list[str], list[str], np.ndarray], name: str) -> float | None:

@@ -84,6 +84,8 @@ def test_the_student_is_a_plain_model_that_loads_without_remote_code(student, te
     assert np.allclose(np.linalg.norm(model.encode_query(["what is snow?"]), axis=1), 1.0, atol=1e-5)
     assert record["teacher"] == {**record["teacher"], "name": "teacher-32", "dimension": 32, "compressed": True}
     assert record["student"]["origin"] == "x" and record["student"]["part_of_teacher"] is True  # the smallest part
+    assert record["training"]["attention_dropout"] == {"origin": 0.1, "training": 0.0}  # off in training only
+    assert json.loads((out / "config.json").read_text())["attention_probs_dropout_prob"] == 0.1
 
 
 def test_the_student_learns_the_teacher_on_held_out_texts(student) -> None:
