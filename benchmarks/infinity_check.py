@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def main() -> None:
     command = [str(args.infinity), "v2", "--model-id", str(args.student.resolve()), "--served-model-name", "student",
                "--engine", "torch", "--device", "cpu", "--no-trust-remote-code", "--host", "127.0.0.1",
                "--port", str(port), "--batch-size", "8", "--no-bettertransformer"]  # fmt: skip
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    home = tempfile.TemporaryDirectory(prefix="infinity-home-")  # its .infinity_cache, not in the working folder
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
+                        "INFINITY_HOME": home.name}  # fmt: skip
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -68,6 +71,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
+        home.cleanup()
     ours = SentenceTransformer(str(args.student), device="cpu").encode(TEXTS)  # no trust_remote_code
     unit = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
     difference = float(np.abs(unit - ours).max())
