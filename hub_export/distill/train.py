@@ -133,8 +133,14 @@ class _TrainingClock:
     FILE = "training-seconds.json"
 
     def __init__(self, resumed_from: Path | None) -> None:
+        self.before = 0.0
         earlier = resumed_from / self.FILE if resumed_from is not None else None
-        self.before = float(read_json(earlier)["seconds"]) if earlier is not None and earlier.is_file() else 0.0
+        if earlier is not None and earlier.is_file():
+            record = read_json(earlier)
+            seconds = record.get("seconds") if isinstance(record, dict) else None
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+                raise ValueError(f"{earlier}: 'seconds' = {seconds!r}: must be a finite number >= 0")
+            self.before = float(seconds)
         self.started = time.perf_counter()
 
     def total(self) -> float:
@@ -355,6 +361,7 @@ def train_student(
         MSEEvaluator,
         SequentialEvaluator,
     )
+    from transformers.trainer_utils import get_last_checkpoint
 
     settings = {
         key: value for key, value in asdict(options).items() if key not in ("texts", "queries", "eval_sts", "cache")
@@ -410,8 +417,8 @@ def train_student(
     )
     attention_dropout = drop_attention_dropout(student)
     loss = _mse_loss(student)
-    latest = max(earlier, key=lambda path: int(path.name.rpartition("-")[2])) if earlier else None
-    clock = _TrainingClock(latest)
+    latest = get_last_checkpoint(str(checkpoints)) if earlier else None  # the one the trainer resumes from
+    clock = _TrainingClock(Path(latest) if latest else None)
     trainer = SentenceTransformerTrainer(
         model=student,
         args=arguments,
@@ -424,7 +431,7 @@ def train_student(
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    result = trainer.train(resume_from_checkpoint=bool(earlier))
+    result = trainer.train(resume_from_checkpoint=latest)
     return int(result.global_step), bool(earlier), round(clock.total(), 1), attention_dropout
 
 

@@ -112,15 +112,16 @@ class GuardMiddleware:
             return
         path, started, status = scope["path"], time.perf_counter(), [500]
         route = path if path in ROUTES else "other"
+        headers = dict(scope["headers"])
         if self.api_key and path not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
+            given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = reply_error(path, 401, "missing or wrong API key: send Authorization: Bearer <key>")
                 self.metrics.requests.labels(route, "401").inc()
                 await response(scope, receive, send)
                 return
         if scope["method"] == "POST":
-            declared = dict(scope["headers"]).get(b"content-length", b"")
+            declared = headers.get(b"content-length", b"")
             too_long = declared.isdigit() and int(declared) > self.payload_limit
             body = None if too_long else await self._bounded_body(receive)
             if body is None:

@@ -178,30 +178,18 @@ def test_a_non_finite_loss_stops_at_its_step_and_writes_nothing(teacher, corpus,
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(student, teacher, corpus, tmp_path) -> None:
     """kill -9 after the checkpoint of step 20; the same command finishes the run that ``student`` ran whole."""
-    args = [
-        sys.executable,
-        "-m",
-        "hub_export",
-        "distill",
-        str(teacher),
-        "--texts",
-        str(corpus),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--lr",
-        "1e-3",
-        "--checkpoint-steps",
-        "10",
-        "--no-progress",
-    ]  # options(corpus)
+    args = [sys.executable, "-m", "hub_export", "distill", str(teacher), "--texts", str(corpus), "--epochs", "2",
+            "--batch-size", "16", "--lr", "1e-3", "--checkpoint-steps", "10", "--no-progress"]  # fmt: skip
     kill = os.environ | {"CONCAT_EMBED_TEST_KILL_AFTER_CHECKPOINT": "20"}
     killed = subprocess.run([*args, "--out", str(tmp_path / "killed")], env=kill, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "killed").exists()
     clock = work_folder(tmp_path / "killed") / "checkpoints" / "checkpoint-20" / "training-seconds.json"
     assert json.loads(clock.read_text())["seconds"] > 0
+    clock.write_text('{"seconds": NaN}')  # edited: refused with its file and field, nothing written
+    refused = subprocess.run([*args, "--out", str(tmp_path / "killed")], capture_output=True, text=True)
+    assert refused.returncode == 2 and f"{clock}: 'seconds' = nan: must be a finite number >= 0" in refused.stderr
+    assert not (tmp_path / "killed").exists()
     clock.write_text('{"seconds": 1000.0}')  # as if the killed run had trained 1000 s: the total must carry it
     resumed = subprocess.run([*args, "--out", str(tmp_path / "killed")], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
