@@ -32,6 +32,7 @@ START_LIMIT_S = 300  # the server must answer /health within this long, else the
 
 
 def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

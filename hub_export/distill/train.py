@@ -144,9 +144,11 @@ class _TrainingClock:
         self.started = time.perf_counter()
 
     def total(self) -> float:
+        """Seconds of this training so far: the checkpoint's and this run's."""
         return self.before + time.perf_counter() - self.started
 
     def save(self, checkpoint: Path) -> None:
+        """Keep the total so far in a checkpoint the trainer has just written."""
         if checkpoint.is_dir():
             write_json(checkpoint / self.FILE, {"seconds": round(self.total(), 1)})
 
