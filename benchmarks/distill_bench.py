@@ -32,20 +32,23 @@ from compress_bench import DATA, encode_chunked, say, scores  # noqa: E402
 SPEED_DOCS, SPEED_SENTENCES = 256, 1024  # texts timed per model (SciFact passages, STS-B sentences)
 
 
-def identity(model_dir: Path) -> str:
-    """What a model's evaluation vectors were encoded from: its files and the evaluation data."""
+def identity(model_dir: Path, max_seq_length: int | None = None) -> str:
+    """What a model's evaluation vectors were encoded from: its files, token limit and the evaluation data."""
     from hub_export.folder import content_hash, file_sha256
 
     data = ("scifact/corpus.jsonl.gz", "scifact/queries.jsonl.gz", "stsb/test.tsv.gz")
-    return ";".join([f"model={content_hash(model_dir)}", *(f"{name}={file_sha256(DATA / name)}" for name in data)])
+    limit = [f"max_seq_length={max_seq_length}"] if max_seq_length else []
+    model = f"model={content_hash(model_dir)}"
+    return ";".join([model, *limit, *(f"{name}={file_sha256(DATA / name)}" for name in data)])
 
 
-def eval_vectors(model_dir: Path, cache: Path) -> dict[str, np.ndarray]:
-    """SciFact corpus (documents), test queries (query prompt) and STS-B test sentences of one model, cached."""
+def eval_vectors(model_dir: Path, cache: Path, max_seq_length: int | None = None) -> dict[str, np.ndarray]:
+    """SciFact corpus (documents), test queries (query prompt) and STS-B test sentences of one model (at its own
+    token limit, or ``max_seq_length``), cached."""
     from hub_export.data import document_text, load_beir, load_sts
     from hub_export.folder import load_model
 
-    wanted = identity(model_dir)
+    wanted = identity(model_dir, max_seq_length)
     vectors = dict(np.load(cache, allow_pickle=False)) if cache.is_file() else {}
     if str(vectors.get("identity", "")) != wanted:
         vectors = {"identity": np.array(wanted)}
@@ -54,6 +57,8 @@ def eval_vectors(model_dir: Path, cache: Path) -> dict[str, np.ndarray]:
     corpus, queries, qrels = load_beir(DATA / "scifact")
     first, second, _ = load_sts(DATA / "stsb" / "test.tsv.gz")
     model = load_model(model_dir, device="cpu")
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
     encode_chunked(vectors, cache, "docs", [document_text(corpus[d]) for d in corpus],
                    functools.partial(model.encode_document, batch_size=32))  # fmt: skip
     encode_chunked(vectors, cache, "queries", [queries[q] for q in qrels], model.encode_query)
@@ -133,6 +138,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--sentences-per-doc", type=int, default=2)
     parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--tag", default="", help="appended to the students' folder names (another recipe, same work)")
     args = parser.parse_args()
     if args.child:
         distill_child(json.loads(args.child))
@@ -150,7 +156,7 @@ def main() -> None:
     for spec in args.students.split(","):
         part, _, layers = spec.partition(":")
         kept = [int(i) for i in layers.split("+")] if layers else None
-        name = f"student-{part}" + (f"-layers{''.join(map(str, kept))}" if kept else "")
+        name = f"student-{part}" + (f"-layers{''.join(map(str, kept))}" if kept else "") + args.tag
         students[name] = (part, kept, train(args, name, part, kept))
     pair = eval_vectors(args.pair, args.work / "eval-pair.npz")
     weight, bias = read_projection(args.teacher)
@@ -160,6 +166,10 @@ def main() -> None:
         "mpnet alone": {k: unit_rows(v[:, 384:]) for k, v in pair.items() if k != "identity"},
         "teacher (compressed)": {k: project(v, weight, bias) for k, v in pair.items() if k != "identity"},
     }
+    if args.max_seq_length != 256:  # the part read at the students' token limit: what reading further alone gives
+        alone = eval_vectors(args.pair / "minilm_l6", args.work / f"eval-minilm_l6-{args.max_seq_length}.npz",
+                             args.max_seq_length)  # fmt: skip
+        views[f"minilm_l6 alone, {args.max_seq_length} tokens"] = {k: v for k, v in alone.items() if k != "identity"}
     for name in students:
         vectors = eval_vectors(args.work / name, args.work / f"eval-{name}.npz")
         views[name] = {k: v for k, v in vectors.items() if k != "identity"}

@@ -60,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     distill.add_argument("--epochs", type=positive_int, default=1)
     distill.add_argument("--batch-size", type=positive_int, default=32)
     distill.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate (AdamW, linear decay)")
-    distill.add_argument("--max-seq-length", type=positive_int, default=None, help="student's token limit")
+    distill.add_argument(
+        "--max-seq-length",
+        type=positive_int,
+        default=None,
+        help="student's token limit (default its own; the teacher's longest part limit reads what it read)",
+    )
     distill.add_argument("--queries", default=None, help="query texts (.jsonl[.gz] or lines), encoded as queries")
     distill.add_argument(
         "--pseudo-queries",

@@ -37,6 +37,16 @@ def teacher_dimension(teacher: Path) -> int:
     return sum(spec.output_dimension for spec in specs)
 
 
+def teacher_token_limit(teacher: Path) -> tuple[int, str] | None:
+    """The longest token limit among the teacher's parts and that part's name (how much of a long text the teacher
+    reads); ``None`` where no part records one."""
+    from hub_export.modeling import parse_concat_config
+
+    specs, _ = parse_concat_config(read_json(teacher / CONFIG_FILE), CONFIG_FILE)
+    limits = [(spec.max_seq_length, spec.name) for spec in specs if spec.max_seq_length is not None]
+    return max(limits, key=lambda item: item[0]) if limits else None  # the first part of the longest limit
+
+
 def _weights_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*.safetensors") if path.is_file())
 
@@ -159,5 +169,12 @@ def load_student(
     if max_seq_length is not None:
         check_token_limit(model[0], max_seq_length, f"student {name!r}")
         model.max_seq_length = max_seq_length
+    longest = teacher_token_limit(teacher)
+    if longest and model.max_seq_length < longest[0]:
+        logger.warning(
+            "the student reads %d tokens of a text, the teacher up to %d (part %r): on longer texts it learns from a "
+            "shorter view than the teacher's (--max-seq-length %d reads as far)",
+            model.max_seq_length, longest[0], longest[1], longest[0],
+        )  # fmt: skip
     logger.info("student %s: %d of %d layers, %d dims", name, len(layers or []) or total, total, width)
     return model, StudentOrigin(path, name, part, total, list(layers) if layers is not None else None)

@@ -248,3 +248,22 @@ def test_export_backends_puts_a_students_onnx_file_where_sentence_transformers_l
     record = export_backends(out, onnx=True)
     assert record["parts"] == ["model"] and record["files"]["onnx/model.onnx"]["max_abs_diff"] <= 1e-4
     assert (out / "onnx" / "model.onnx").is_file() and "onnx/model.onnx" in model_files(out)
+
+
+def test_a_student_reading_fewer_tokens_than_the_teacher_is_told_so(teacher, caplog) -> None:
+    from hub_export.distill.student import load_student
+
+    parts = json.loads((teacher / "concat_config.json").read_text())["parts"]
+    longest = max(part["max_seq_length"] for part in parts)
+    name = next(part["name"] for part in parts if part["max_seq_length"] == longest)
+    with caplog.at_level("WARNING", logger="hub_export.distill.student"):
+        model, _ = load_student(teacher, None, None, longest - 1)
+    assert model.max_seq_length == longest - 1
+    assert caplog.messages == [
+        f"the student reads {longest - 1} tokens of a text, the teacher up to {longest} (part {name!r}): on longer "
+        f"texts it learns from a shorter view than the teacher's (--max-seq-length {longest} reads as far)"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hub_export.distill.student"):
+        load_student(teacher, None, None, longest)
+    assert caplog.messages == []
