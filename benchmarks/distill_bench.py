@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--pair", type=Path, help="the uncompressed combined model (parts minilm_l6 and mpnet)")
     parser.add_argument("--teacher", type=Path, help="the same model compressed (the teacher)")
     parser.add_argument("--work", type=Path, help="folder for the students, the teacher's vectors and the caches")
-    parser.add_argument("--students", default="minilm_l6,minilm_l6:0+2+4", help="PART[:LAYERS] (layers joined by +)")
+    parser.add_argument("--students", default="minilm_l6,minilm_l6:0+3+5", help="PART[:LAYERS] (layers joined by +)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)

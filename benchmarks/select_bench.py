@@ -48,6 +48,7 @@ def main() -> None:
         help="candidates of the SciFact runs 1, 4 and 5 (mpnet encodes the 5,183 abstracts for about an hour on 2 "
         "cores; STS-B always takes all three)",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the halves (select's --seed)")
     args = parser.parse_args()
     from hub_export.demo import demo_model_dir, l6_folder
     from hub_export.runtime.choice import cpu_summary
@@ -56,7 +57,7 @@ def main() -> None:
     from hub_export.select.devset import load_devset
     from hub_export.select.scoring import Scorer
 
-    say(cpu_summary() + f"; torch threads {__import__('torch').get_num_threads()}, fp32")
+    say(cpu_summary() + f"; torch threads {__import__('torch').get_num_threads()}, fp32; seed {args.seed}")
     l3 = demo_model_dir().parent / "paraphrase-MiniLM-L3-v2"
     parts = [("minilm_l6", str(l6_folder())), ("minilm_l3", str(l3)), ("mpnet", str(args.mpnet))]
     cache = str(args.cache) if args.cache else None
@@ -64,12 +65,16 @@ def main() -> None:
 
     say("\n1. SciFact test queries in halves: nDCG@10 x 100")
     say(f"candidates: {', '.join(name for name, _ in on_scifact)}")
-    scifact = select_parts(on_scifact, SelectOptions(beir=str(DATA / "scifact"), cache=cache), progress=True)
+    scifact = select_parts(
+        on_scifact, SelectOptions(beir=str(DATA / "scifact"), cache=cache, seed=args.seed), progress=True
+    )
     table(scifact["rows"], "choosing half", "held-out half")
     say(f"recommended: {scifact['recommended']['label']}")
 
     say("\n2. STS-B: chosen on dev (choosing half), reported on test: Spearman x 100")
-    sts = select_parts(parts, SelectOptions(sts=str(DATA / "stsb" / "dev.tsv.gz"), cache=cache), progress=True)
+    sts = select_parts(
+        parts, SelectOptions(sts=str(DATA / "stsb" / "dev.tsv.gz"), cache=cache, seed=args.seed), progress=True
+    )
     test = load_devset(sts=str(DATA / "stsb" / "test.tsv.gz"))
     scorer = Scorer(test, [load_candidate(n, s, test, args.cache, True) for n, s in parts])
     every = np.arange(test.units)
@@ -79,7 +84,9 @@ def main() -> None:
     say(f"recommended: {sts['recommended']['label']}")
 
     say("\n3. The demo pair on SciFact: weights chosen on the choosing half")
-    pair = select_parts(parts[:2], SelectOptions(beir=str(DATA / "scifact"), cache=cache), progress=True)
+    pair = select_parts(
+        parts[:2], SelectOptions(beir=str(DATA / "scifact"), cache=cache, seed=args.seed), progress=True
+    )
     weighted = max((r for r in pair["rows"] if len(r["parts"]) == 2), key=lambda r: r["choose"])
     scifact_all = load_devset(beir=str(DATA / "scifact"))
     full = Scorer(scifact_all, [load_candidate(n, s, scifact_all, args.cache, True) for n, s in parts[:2]])
@@ -94,14 +101,16 @@ def main() -> None:
             f"STS-B test {scorer.score(names, weights, every):.2f}")  # fmt: skip
 
     say(f"\n4. Label-free: the first {args.corpus_limit} SciFact documents, each one's sentence as query")
-    corpus = SelectOptions(corpus=str(DATA / "scifact" / "corpus.jsonl.gz"), limit=args.corpus_limit, cache=cache)
+    corpus = SelectOptions(
+        corpus=str(DATA / "scifact" / "corpus.jsonl.gz"), limit=args.corpus_limit, cache=cache, seed=args.seed
+    )
     free = select_parts(on_scifact, corpus, progress=True)
     table(free["rows"], "choosing half", "held-out half")
     labelled, chosen = scifact["recommended"], free["recommended"]
     on_held_out = {row["label"]: row["held_out"] for row in scifact["rows"]}
     free_score = on_held_out.get(chosen["label"])
     if free_score is None:  # searched weights the labelled run did not try: score them on its held-out half
-        devset = load_devset(beir=str(DATA / "scifact"))
+        devset = load_devset(beir=str(DATA / "scifact"), seed=args.seed)
         held = Scorer(devset, [load_candidate(n, s, devset, args.cache, True) for n, s in on_scifact])
         free_score = held.score(chosen["parts"], chosen["weights"], devset.held_out)
     difference = free_score - labelled["held_out"]
@@ -110,11 +119,11 @@ def main() -> None:
 
     say(f"\n5. Selection time over {len(on_scifact)} candidates with their vectors cached")
     started = time.perf_counter()
-    select_parts(on_scifact, SelectOptions(beir=str(DATA / "scifact"), cache=cache))
+    select_parts(on_scifact, SelectOptions(beir=str(DATA / "scifact"), cache=cache, seed=args.seed))
     seconds = time.perf_counter() - started
     say(f"select (SciFact, {len(scifact['rows'])} combinations, weights searched): {seconds:.1f} s")
     started = time.perf_counter()
-    select_parts(parts, SelectOptions(sts=str(DATA / "stsb" / "dev.tsv.gz"), cache=cache))
+    select_parts(parts, SelectOptions(sts=str(DATA / "stsb" / "dev.tsv.gz"), cache=cache, seed=args.seed))
     seconds = time.perf_counter() - started
     say(f"select (STS-B dev, 3 candidates, {len(sts['rows'])} combinations, weights searched): {seconds:.1f} s")
 

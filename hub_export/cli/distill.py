@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="a part of the teacher or a sentence-transformers folder (default: smallest part)",
     )
-    distill.add_argument("--layers", type=layer_indices, default=None, help="student layers to keep, e.g. 0,2,4")
+    distill.add_argument(
+        "--layers", type=layer_indices, default=None, help="student layers to keep, e.g. 0,3,5 (keep the last)"
+    )
     distill.add_argument("--epochs", type=positive_int, default=1)
     distill.add_argument("--batch-size", type=positive_int, default=32)
     distill.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate (AdamW, linear decay)")
