@@ -136,6 +136,28 @@ def drop_attention_dropout(model: Any) -> float | None:
     return found
 
 
+def _warn_shorter_view(model: Any, longest: tuple[int, str] | None) -> None:
+    """Say when the student reads fewer tokens than the teacher's longest part, and how far it could read."""
+    from hub_export.modeling import position_limit
+
+    reads = model.max_seq_length
+    if not longest or reads is None or reads >= longest[0]:
+        return
+    limit = position_limit(model[0])
+    reach = min(longest[0], limit) if limit else longest[0]
+    advice = (
+        f"--max-seq-length {reach} reads as far"
+        if reach == longest[0]
+        else f"its position table ends at {limit} tokens"
+        if reach == reads
+        else f"--max-seq-length {reach}, its position limit, reads the most it can"
+    )
+    logger.warning(
+        "the student reads %d tokens of a text, the teacher up to %d (part %r): on longer texts it learns from a "
+        "shorter view than the teacher's (%s)", reads, longest[0], longest[1], advice,
+    )  # fmt: skip
+
+
 def load_student(
     teacher: Path, student: str | None, layers: Sequence[int] | None, max_seq_length: int | None
 ) -> tuple[Any, StudentOrigin]:
@@ -169,12 +191,6 @@ def load_student(
     if max_seq_length is not None:
         check_token_limit(model[0], max_seq_length, f"student {name!r}")
         model.max_seq_length = max_seq_length
-    longest = teacher_token_limit(teacher)
-    if longest and model.max_seq_length < longest[0]:
-        logger.warning(
-            "the student reads %d tokens of a text, the teacher up to %d (part %r): on longer texts it learns from a "
-            "shorter view than the teacher's (--max-seq-length %d reads as far)",
-            model.max_seq_length, longest[0], longest[1], longest[0],
-        )  # fmt: skip
+    _warn_shorter_view(model, teacher_token_limit(teacher))
     logger.info("student %s: %d of %d layers, %d dims", name, len(layers or []) or total, total, width)
     return model, StudentOrigin(path, name, part, total, list(layers) if layers is not None else None)

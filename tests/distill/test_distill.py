@@ -267,3 +267,20 @@ def test_a_student_reading_fewer_tokens_than_the_teacher_is_told_so(teacher, cap
     with caplog.at_level("WARNING", logger="hub_export.distill.student"):
         load_student(teacher, None, None, longest)
     assert caplog.messages == []
+
+
+def test_the_advice_stops_at_the_students_position_limit(teacher, caplog, monkeypatch) -> None:
+    from hub_export.distill import student as student_module
+    from hub_export.modeling import position_limit
+
+    monkeypatch.setattr(student_module, "teacher_token_limit", lambda _: (100_000, "y"))
+    with caplog.at_level("WARNING", logger="hub_export.distill.student"):
+        model, _ = student_module.load_student(teacher, None, None, 8)
+    limit = position_limit(model[0])
+    assert caplog.messages[-1].endswith(f"(--max-seq-length {limit}, its position limit, reads the most it can)"), (
+        caplog.messages
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hub_export.distill.student"):
+        student_module.load_student(teacher, None, None, limit)
+    assert caplog.messages[-1].endswith(f"(its position table ends at {limit} tokens)"), caplog.messages
