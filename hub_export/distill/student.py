@@ -26,23 +26,26 @@ class StudentOrigin:
     kept: list[int] | None = None
 
 
-def teacher_dimension(teacher: Path) -> int:
-    """The width of the teacher's vector: its compression's first dimension, else the parts' widths together."""
+def _teacher_parts(teacher: Path) -> list[Any]:
+    """The teacher's parts as ``concat_config.json`` describes them (validated)."""
     from hub_export.modeling import parse_concat_config
 
+    specs, _ = parse_concat_config(read_json(teacher / CONFIG_FILE), CONFIG_FILE)
+    return specs
+
+
+def teacher_dimension(teacher: Path) -> int:
+    """The width of the teacher's vector: its compression's first dimension, else the parts' widths together."""
     record = compression_record(teacher)
     if record:
         return int(record["dims"][0])
-    specs, _ = parse_concat_config(read_json(teacher / CONFIG_FILE), CONFIG_FILE)
-    return sum(spec.output_dimension for spec in specs)
+    return sum(spec.output_dimension for spec in _teacher_parts(teacher))
 
 
 def teacher_token_limit(teacher: Path) -> tuple[int, str] | None:
     """The longest token limit among the teacher's parts and that part's name (how much of a long text the teacher
     reads); ``None`` where no part records one."""
-    from hub_export.modeling import parse_concat_config
-
-    specs, _ = parse_concat_config(read_json(teacher / CONFIG_FILE), CONFIG_FILE)
+    specs = _teacher_parts(teacher)
     limits = [(spec.max_seq_length, spec.name) for spec in specs if spec.max_seq_length is not None]
     return max(limits, key=lambda item: item[0]) if limits else None  # the first part of the longest limit
 
@@ -145,13 +148,12 @@ def _warn_shorter_view(model: Any, longest: tuple[int, str] | None) -> None:
         return
     limit = position_limit(model[0])
     reach = min(longest[0], limit) if limit else longest[0]
-    advice = (
-        f"--max-seq-length {reach} reads as far"
-        if reach == longest[0]
-        else f"its position table ends at {limit} tokens"
-        if reach == reads
-        else f"--max-seq-length {reach}, its position limit, reads the most it can"
-    )
+    if reach == longest[0]:
+        advice = f"--max-seq-length {reach} reads as far"
+    elif reach == reads:
+        advice = f"its position table ends at {limit} tokens"
+    else:
+        advice = f"--max-seq-length {reach}, its position limit, reads the most it can"
     logger.warning(
         "the student reads %d tokens of a text, the teacher up to %d (part %r): on longer texts it learns from a "
         "shorter view than the teacher's (%s)", reads, longest[0], longest[1], advice,

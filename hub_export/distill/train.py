@@ -138,7 +138,7 @@ class _TrainingClock:
         if earlier is not None and earlier.is_file():
             record = read_json(earlier)
             seconds = record.get("seconds") if isinstance(record, dict) else None
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            if not (is_finite_number(seconds) and seconds >= 0):
                 raise ValueError(f"{earlier}: 'seconds' = {seconds!r}: must be a finite number >= 0")
             self.before = float(seconds)
         self.started = time.perf_counter()
