@@ -105,7 +105,8 @@ def train(args: argparse.Namespace, name: str, student: str, layers: list[int] |
     options = {"texts": str(DATA / "scifact" / "corpus.jsonl.gz"), "student": student, "layers": layers,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "queries": str(args.sts_sentences),
                "sentences_per_doc": args.sentences_per_doc, "eval_sts": str(DATA / "stsb" / "dev.tsv.gz"),
-               "cache": str(args.work / "teacher-cache"), "max_seq_length": args.max_seq_length}  # fmt: skip
+               "cache": str(args.work / "teacher-cache"), "max_seq_length": args.max_seq_length,
+               "ranking_weight": args.ranking_weight}  # fmt: skip
     spec = {"teacher": str(args.teacher), "out": str(out), "options": options}
     say(f"distilling {name} ({student}, layers {layers or 'all'})")
     done = subprocess.run(
@@ -132,12 +133,15 @@ def main() -> None:
     parser.add_argument("--pair", type=Path, help="the uncompressed combined model (parts minilm_l6 and mpnet)")
     parser.add_argument("--teacher", type=Path, help="the same model compressed (the teacher)")
     parser.add_argument("--work", type=Path, help="folder for the students, the teacher's vectors and the caches")
-    parser.add_argument("--students", default="minilm_l6,minilm_l6:0+3+5", help="PART[:LAYERS] (layers joined by +)")
+    parser.add_argument(
+        "--students", default="minilm_l6,minilm_l6:0+3+5", help="PART[:LAYERS] (PART: a part name or a student folder)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--sentences-per-doc", type=int, default=2)
     parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--ranking-weight", type=float, default=0.0, help="distill's --ranking-weight")
     parser.add_argument("--tag", default="", help="appended to the students' folder names (another recipe, same work)")
     args = parser.parse_args()
     if args.child:
@@ -156,7 +160,7 @@ def main() -> None:
     for spec in args.students.split(","):
         part, _, layers = spec.partition(":")
         kept = [int(i) for i in layers.split("+")] if layers else None
-        name = f"student-{part}" + (f"-layers{''.join(map(str, kept))}" if kept else "") + args.tag
+        name = f"student-{Path(part).name}" + (f"-layers{''.join(map(str, kept))}" if kept else "") + args.tag
         students[name] = (part, kept, train(args, name, part, kept))
     pair = eval_vectors(args.pair, args.work / "eval-pair.npz")
     weight, bias = read_projection(args.teacher)

@@ -180,9 +180,14 @@ def read_corpus_titles(path: str | Path, limit: int | None = None, exclude: Coll
     Raises:
         ValueError: As :func:`corpus_documents`.
     """
+    return [title for _, title in _titles(path, limit, exclude)]
+
+
+def _titles(path: str | Path, limit: int | None, exclude: Collection[int]) -> list[tuple[int, str]]:
+    """:func:`read_corpus_titles` with each title's document position."""
     exclude = set(exclude)
     return [
-        title
+        (position, title)
         for position, doc in enumerate(corpus_documents(path, limit))
         if position not in exclude and (title := (doc.get("title") or "").strip())
     ]
@@ -213,6 +218,13 @@ def read_corpus_sentences(
     Raises:
         ValueError: As :func:`corpus_documents`, or for ``per_document`` below 1.
     """
+    return [sentence for _, sentence in _sentences(path, limit, seed, per_document, exclude)]
+
+
+def _sentences(
+    path: str | Path, limit: int | None, seed: int, per_document: int | None, exclude: Collection[int]
+) -> list[tuple[int, str]]:
+    """:func:`read_corpus_sentences` with each sentence's document position."""
     if per_document is not None and (isinstance(per_document, bool) or per_document < 1):
         raise ValueError(f"sentences per document {per_document!r}: give an integer >= 1, or None for all")
     rng = np.random.default_rng(seed)
@@ -222,11 +234,12 @@ def read_corpus_sentences(
             continue
         pieces = [piece for piece in split_sentences(doc["text"]) if len(piece.split()) >= MIN_SENTENCE_WORDS]
         if per_document == 1 and pieces:
-            sentences.append(pieces[int(rng.integers(len(pieces)))])  # the draw of the one-per-document default
+            chosen = [pieces[int(rng.integers(len(pieces)))]]  # the draw of the one-per-document default
         elif per_document is not None and len(pieces) > per_document:
-            sentences.extend(pieces[i] for i in sorted(rng.choice(len(pieces), per_document, replace=False)))
+            chosen = [pieces[i] for i in sorted(rng.choice(len(pieces), per_document, replace=False))]
         else:
-            sentences.extend(pieces)
+            chosen = pieces
+        sentences.extend((position, piece) for piece in chosen)
     return sentences
 
 
@@ -252,10 +265,26 @@ def read_pseudo_queries(
     Raises:
         ValueError: For an unknown source, or as the readers above.
     """
+    return [text for _, text in pseudo_query_sources(path, source, limit, seed, per_document, exclude)]
+
+
+def pseudo_query_sources(
+    path: str | Path,
+    source: str,
+    limit: int | None = None,
+    seed: int = 0,
+    per_document: int | None = None,
+    exclude: Collection[int] = (),
+) -> list[tuple[int, str]]:
+    """:func:`read_pseudo_queries` with the position of the document each pseudo query comes from.
+
+    Raises:
+        ValueError: As :func:`read_pseudo_queries`.
+    """
     check_pseudo_queries(source)
     if source == "sentences":
-        return read_corpus_sentences(path, limit, seed, per_document, exclude)
-    return read_corpus_titles(path, limit, exclude) if source == "titles" else []
+        return _sentences(path, limit, seed, per_document, exclude)
+    return _titles(path, limit, exclude) if source == "titles" else []
 
 
 def load_sts(path: str | Path, limit: int | None = None) -> tuple[list[str], list[str], np.ndarray]:

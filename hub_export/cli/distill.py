@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hub_export.cli.options import OptionError, limit_int, positive_float, positive_int, require
+from hub_export.cli.options import OptionError, limit_int, non_negative_float, positive_float, positive_int, require
 
 
 def layer_indices(raw: str) -> list[int]:
@@ -28,7 +28,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         texts=args.texts, student=args.student, layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, max_seq_length=args.max_seq_length, queries=args.queries, pseudo_queries=args.pseudo_queries,
         sentences_per_doc=args.sentences_per_doc, limit=args.limit, eval_sts=args.eval_sts, held_out=args.held_out,
-        checkpoint_steps=args.checkpoint_steps, cache=args.cache,
+        checkpoint_steps=args.checkpoint_steps, cache=args.cache, ranking_weight=args.ranking_weight,
     )  # fmt: skip
     record = distill_model(args.teacher, args.out, options, progress=not args.no_progress)
     held = record["held_out"]
@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         help="student's token limit (default its own; the teacher's longest part limit reads what it read)",
+    )
+    distill.add_argument(
+        "--ranking-weight",
+        type=non_negative_float,
+        default=0.0,
+        help="weight of an in-batch ranking term on (pseudo query, its document) pairs beside the MSE (0 = MSE only)",
     )
     distill.add_argument("--queries", default=None, help="query texts (.jsonl[.gz] or lines), encoded as queries")
     distill.add_argument(

@@ -116,6 +116,17 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def non_negative_float(raw: str) -> float:
+    """A finite number >= 0 (``inf``, ``nan`` and ``1e309`` are refused)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise OptionError(f"expected a finite number >= 0, got {raw!r}")
+    return value
+
+
 def write_json_output(path: str | None, data: object) -> None:
     """Write ``data`` as indented JSON to ``path`` (the ``--json`` option) when it is given."""
     if path:

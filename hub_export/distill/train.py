@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hub_export.data import check_pseudo_queries, load_sts, read_corpus_texts, read_pseudo_queries
+from hub_export.data import check_pseudo_queries, load_sts, pseudo_query_sources, read_corpus_texts
 from hub_export.distill.student import StudentOrigin, drop_attention_dropout, load_student
 from hub_export.distill.targets import procrustes, work_folder
 from hub_export.encoding import cached_vectors
@@ -52,6 +52,7 @@ MIN_TEXTS = 10  # documents a distillation needs: at least 3 are held out to mea
 # Test hook: the process kills itself (SIGKILL) once a checkpoint at or after this step is saved, so a test
 # interrupts a run at a deterministic point instead of racing a clock.
 KILL_AFTER_CHECKPOINT_ENV = "CONCAT_EMBED_TEST_KILL_AFTER_CHECKPOINT"
+RANKING_TEMPERATURE = 0.05  # of the ranking term's softmax over a batch's cosines (sentence-transformers' scale 20)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class DistillOptions:
     seed: int = 0
     checkpoint_steps: int = 500
     cache: str | None = None  # where the teacher's vectors are kept; None: beside the output (.<out>.distill)
+    ranking_weight: float = 0.0  # weight of the in-batch ranking term on (pseudo query, document) pairs; 0: MSE only
 
     def check(self) -> None:
         """Refuse options that are out of range, naming the option and the valid values."""
@@ -84,30 +86,8 @@ class DistillOptions:
                 raise ValueError(f"{name} = {value!r}: expected a positive integer")
         if not is_finite_number(self.lr) or not self.lr > 0:
             raise ValueError(f"lr = {self.lr!r}: expected a finite number > 0")
-
-
-class NonFiniteLoss(ValueError):
-    """The training loss stopped being a finite number."""
-
-
-def _mse_loss(student: Any) -> Any:
-    """sentence-transformers' ``MSELoss`` that stops the run, naming the step, once the loss is not finite."""
-    import torch
-    from sentence_transformers.sentence_transformer.losses import MSELoss
-
-    class CheckedMSELoss(MSELoss):
-        step = 0
-
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            loss = super().forward(*args, **kwargs)
-            if not torch.isfinite(loss).all():
-                raise NonFiniteLoss(
-                    f"the training loss is not finite at step {self.step + 1}: nothing was written; "
-                    "try a smaller lr, or check the student's weights"
-                )
-            return loss
-
-    return CheckedMSELoss(student)
+        if not is_finite_number(self.ranking_weight) or not self.ranking_weight >= 0:
+            raise ValueError(f"ranking_weight = {self.ranking_weight!r}: expected a finite number >= 0")
 
 
 def _callbacks(loss: Any, clock: _TrainingClock) -> list[Any]:
@@ -198,10 +178,12 @@ def distill_model(
     held_set = set(held.tolist())
     training = [text for position, text in enumerate(documents) if position not in held_set]
     held_texts = [documents[position] for position in held]
-    queries = read_pseudo_queries(
+    sources = pseudo_query_sources(
         options.texts, options.pseudo_queries, options.limit, options.seed, options.sentences_per_doc, held_set
     )
-    queries += read_corpus_texts(options.queries) if options.queries else []
+    queries = [text for _, text in sources] + (read_corpus_texts(options.queries) if options.queries else [])
+    training_index = {position: i for i, position in enumerate(p for p in range(len(documents)) if p not in held_set)}
+    origins = [training_index[position] for position, _ in sources]  # each pseudo query's training document
     sts = load_sts(options.eval_sts) if options.eval_sts else None
     student, origin = load_student(teacher_dir, options.student, options.layers, options.max_seq_length)
     teacher_config = read_json(teacher_dir / ST_CONFIG_FILE) if (teacher_dir / ST_CONFIG_FILE).is_file() else {}
@@ -226,7 +208,7 @@ def distill_model(
     targets = {key: value @ rotation["matrix"] for key, value in targets.items()}
     before = similarity_fidelity(student.encode_document(held_texts), targets["held-out"])
     steps, resumed, training_seconds, attention_dropout = train_student(
-        student, work, (training, queries, held_texts), targets, sts, options, origin, progress
+        student, work, (training, queries, held_texts), origins, targets, sts, options, origin, progress
     )
     after = similarity_fidelity(student.encode_document(held_texts), targets["held-out"])
     record = {
@@ -255,7 +237,7 @@ def distill_model(
             "steps": steps,
             "batch_size": options.batch_size,
             "lr": options.lr,
-            "loss": "MSELoss (sentence-transformers)",
+            "loss": loss_name(options.ranking_weight),
             "seed": options.seed,
             "resumed": resumed,
             "attention_dropout": {
@@ -341,6 +323,7 @@ def train_student(
     student: Any,
     work: Path,
     texts: tuple[list[str], list[str], list[str]],
+    origins: list[int],
     targets: dict[str, np.ndarray],
     sts: tuple[list[str], list[str], np.ndarray] | None,
     options: DistillOptions,
@@ -348,7 +331,9 @@ def train_student(
     progress: bool,
 ) -> tuple[int, bool, float, float | None]:
     """Train with sentence-transformers' trainer on ``texts`` (training documents, queries, held-out documents);
-    resume from the work folder's last checkpoint when the settings are the same.
+    resume from the work folder's last checkpoint when the settings are the same. ``origins`` holds the training
+    document of each of the first queries (the pseudo queries): with a ranking term, each document forms a pair
+    with its first pseudo query (:func:`training_datasets`).
 
     Returns:
         The number of optimizer steps, whether the run resumed, the training seconds of all its runs (a resumed
@@ -356,7 +341,7 @@ def train_student(
         attention dropout the student had (turned off for training: :func:`drop_attention_dropout`).
     """
     import torch
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.evaluation import (
         EmbeddingSimilarityEvaluator,
@@ -384,11 +369,9 @@ def train_student(
         shutil.rmtree(checkpoints, ignore_errors=True)
         write_json(work / "training.json", settings)
     training, queries, held_texts = texts
-    datasets = {"documents": Dataset.from_dict({"text": training, "label": targets["documents"]})}
-    if queries:
-        datasets["queries"] = Dataset.from_dict({"text": queries, "label": targets["queries"]})
-    prompts = {name: student.prompts.get(task, "") for name, task in (("documents", "document"), ("queries", "query"))}
-    prompt_option = ({n: t for n, t in prompts.items() if t} or None) if len(datasets) > 1 else prompts["documents"]
+    datasets, prompt_option = training_datasets(
+        training, queries, origins if options.ranking_weight else [], targets, student.prompts
+    )
     evaluators = [
         MSEEvaluator(
             held_texts, held_texts, _CachedTeacher(targets["held-out"]), name="held-out", batch_size=options.batch_size
@@ -417,14 +400,16 @@ def train_student(
         multi_dataset_batch_sampler="proportional",
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    from hub_export.distill.loss import DistillLoss
+
     attention_dropout = drop_attention_dropout(student)
-    loss = _mse_loss(student)
+    loss = DistillLoss(student, options.ranking_weight, RANKING_TEMPERATURE)
     latest = get_last_checkpoint(str(checkpoints)) if earlier else None  # the one the trainer resumes from
     clock = _TrainingClock(Path(latest) if latest else None)
     trainer = SentenceTransformerTrainer(
         model=student,
         args=arguments,
-        train_dataset=DatasetDict(datasets) if len(datasets) > 1 else datasets["documents"],
+        train_dataset=DatasetDict(datasets) if len(datasets) > 1 else next(iter(datasets.values())),
         loss=loss,
         evaluator=SequentialEvaluator(evaluators),
         callbacks=_callbacks(loss, clock),
@@ -435,6 +420,61 @@ def train_student(
         trainer.remove_callback(PrinterCallback)
     result = trainer.train(resume_from_checkpoint=latest)
     return int(result.global_step), bool(earlier), round(clock.total(), 1), attention_dropout
+
+
+def loss_name(ranking_weight: float) -> str:
+    """The loss as ``distillation.json`` records it."""
+    name = "MSELoss (sentence-transformers)"
+    if ranking_weight:
+        name += f" + {ranking_weight} x in-batch ranking KL (temperature {RANKING_TEMPERATURE})"
+    return name
+
+
+def training_datasets(
+    training: list[str], queries: list[str], origins: list[int], targets: dict[str, np.ndarray], prompts: dict
+) -> tuple[dict[str, Any], Any]:
+    """The trainer's datasets and its ``prompts`` option.
+
+    Without ``origins``: the documents and the queries, one column each. With them (a ranking term): ``pairs``, each
+    training document with its first pseudo query (two columns; the label holds both teacher vectors), then the
+    documents without a pseudo query and the other queries alone — every text once an epoch, as without.
+    """
+    from datasets import Dataset
+
+    document_prompt, query_prompt = prompts.get("document", ""), prompts.get("query", "")
+    first: dict[int, int] = {}
+    for query, document in enumerate(origins):
+        first.setdefault(document, query)
+    paired_queries = set(first.values())
+    alone = [i for i in range(len(training)) if i not in first]
+    rest = [i for i in range(len(queries)) if i not in paired_queries]
+    datasets: dict[str, Any] = {}
+    if first:
+        docs, asked = list(first), list(first.values())
+        label = np.stack([targets["queries"][asked], targets["documents"][docs]], axis=1)
+        datasets["pairs"] = Dataset.from_dict(
+            {"query": [queries[i] for i in asked], "document": [training[i] for i in docs], "label": label}
+        )
+    if alone:
+        datasets["documents"] = Dataset.from_dict(
+            {"text": [training[i] for i in alone], "label": targets["documents"][alone]}
+        )
+    if rest:
+        datasets["queries"] = Dataset.from_dict({"text": [queries[i] for i in rest], "label": targets["queries"][rest]})
+    if not first:
+        if len(datasets) == 1:
+            return datasets, document_prompt or None
+        named = {"documents": document_prompt, "queries": query_prompt}
+        return datasets, {n: t for n, t in named.items() if t} or None
+    columns = {
+        "pairs": {"query": query_prompt, "document": document_prompt},
+        "documents": {"text": document_prompt},
+        "queries": {"text": query_prompt},
+    }
+    nested = {name: {c: t for c, t in columns[name].items() if t} for name in datasets}
+    if len(datasets) == 1:  # the pairs alone: not a DatasetDict, so the prompts are keyed by column
+        return datasets, nested["pairs"] or None
+    return datasets, {name: value for name, value in nested.items() if value} or None
 
 
 def _sts_spearman(student: Any, sts: tuple[list[str], list[str], np.ndarray], name: str) -> float | None:

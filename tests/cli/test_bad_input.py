@@ -254,6 +254,8 @@ CLI_CASES = [
     ("distill-student-unknown", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--student", "gamma"), 2, "student 'gamma' is neither a part of t32 (['alpha', 'half']) nor a sentence-transformers folder"),
     ("distill-layers-out-of-range", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--student", "alpha", "--layers", "0,5"), 2, "layers [0, 5]: each must be an integer in [0, 1] (the student has 2 layers)"),
     ("distill-layers-not-increasing", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--student", "alpha", "--layers", "1,0"), 2, "layers [1, 0]: must be strictly increasing, e.g. 0,2,4"),
+    ("distill-ranking-weight-negative", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--ranking-weight", "-1"), 2, "argument --ranking-weight: expected a finite number >= 0, got '-1'"),
+    ("distill-ranking-weight-nan", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--ranking-weight", "nan"), 2, "argument --ranking-weight: expected a finite number >= 0, got 'nan'"),
     ("distill-layers-word", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--layers", "first"), 2, "argument --layers: expected layer indices separated by commas, e.g. 0,2,4; got 'first'"),
     ("distill-lr-nan", lambda f: distill(f, f.t32, f.root / "corpus.jsonl", "--lr", "nan"), 2, "argument --lr: expected a finite number > 0, got 'nan'"),
     ("distill-out-user-folder", lambda f: ["distill", str(f.t32), "--texts", str(f.root / "corpus.jsonl"), "--out", str(f.user_dir)], 2, "is not empty and was not written by concat-embed (it holds 'notes.txt')"),

@@ -111,6 +111,66 @@ def test_training_follows_the_teacher_from_the_rotated_targets(student, teacher)
         assert best <= np.linalg.norm(targets @ other - outputs) + 1e-6
 
 
+def test_the_ranking_term_is_the_kl_of_each_querys_softmax_over_the_batchs_documents() -> None:
+    """Against an independent numpy KL(teacher || student) of the in-batch softmax of cosines / 0.05."""
+    from hub_export.distill.loss import DistillLoss
+
+    rng = np.random.default_rng(0)
+    student_q, student_d, teacher_q, teacher_d = (rng.normal(size=(6, 8)) for _ in range(4))
+    teacher_q, teacher_d = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (teacher_q, teacher_d))
+
+    def softmax(scores: np.ndarray) -> np.ndarray:
+        exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    unit = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in (student_q, student_d)]
+    wanted, got = softmax(teacher_q @ teacher_d.T / 0.05), softmax(unit[0] @ unit[1].T / 0.05)
+    expected = float((wanted * np.log(wanted / got)).sum(axis=1).mean())
+    loss = DistillLoss.__new__(DistillLoss)
+    torch.nn.Module.__init__(loss)
+    loss.temperature = 0.05
+    tensors = [torch.tensor(v, dtype=torch.float64) for v in (student_q, student_d, teacher_q, teacher_d)]
+    assert float(loss.ranking(tensors[:2], tensors[2:])) == pytest.approx(expected, abs=1e-9)
+    assert float(loss.ranking(tensors[2:], tensors[2:])) == pytest.approx(0.0, abs=1e-9)  # the teacher itself
+
+
+def test_a_ranking_student_pairs_each_document_with_its_first_pseudo_query() -> None:
+    """Every text once an epoch: pairs (document, its first pseudo query), documents without one, the other queries."""
+    from hub_export.distill.train import training_datasets
+
+    training, queries = ["d0", "d1", "d2"], ["q0a", "q0b", "q2", "extra"]
+    targets = {"documents": np.arange(6.0).reshape(3, 2), "queries": 10 + np.arange(8.0).reshape(4, 2)}
+    prompts = {"query": "query: ", "document": ""}
+    datasets, prompt_option = training_datasets(training, queries, [0, 0, 2], targets, prompts)
+    assert datasets["pairs"]["query"] == ["q0a", "q2"] and datasets["pairs"]["document"] == ["d0", "d2"]
+    assert np.asarray(datasets["pairs"]["label"]).tolist() == [[[10, 11], [0, 1]], [[14, 15], [4, 5]]]
+    assert datasets["documents"]["text"] == ["d1"] and datasets["queries"]["text"] == ["q0b", "extra"]
+    assert np.asarray(datasets["queries"]["label"]).tolist() == [[12, 13], [16, 17]]
+    assert prompt_option == {"pairs": {"query": "query: "}, "queries": {"text": "query: "}}
+    plain, plain_prompts = training_datasets(training, queries, [], targets, prompts)  # no ranking term
+    assert list(plain) == ["documents", "queries"] and plain["documents"]["text"] == training
+    assert plain_prompts == {"queries": "query: "}
+    alone, alone_prompts = training_datasets(["d0"], ["q0"], [0], targets, prompts)
+    assert list(alone) == ["pairs"] and alone_prompts == {"query": "query: "}  # one dataset: keyed by column
+
+
+def test_a_ranking_term_trains_and_is_recorded(teacher, corpus, tmp_path) -> None:
+    record = distill_model(teacher, tmp_path / "s", options(corpus, ranking_weight=0.01), progress=False)
+    assert record["training"]["loss"] == (
+        "MSELoss (sentence-transformers) + 0.01 x in-batch ranking KL (temperature 0.05)"
+    )
+    held = record["held_out"]  # the MSE still falls: the ranking term is beside it, not instead of it
+    assert held["after"]["mse"] < 0.8 * held["before"]["mse"] and held["after"]["spearman"] > held["before"]["spearman"]
+    assert SentenceTransformer(str(tmp_path / "s"), device="cpu").prompts["query"] == QUERY_PROMPT
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan"), float("inf")])
+def test_a_ranking_weight_must_be_finite_and_not_negative(teacher, corpus, tmp_path, weight) -> None:
+    with pytest.raises(ValueError, match=rf"^ranking_weight = {weight!r}: expected a finite number >= 0$"):
+        distill_model(teacher, tmp_path / "s", options(corpus, ranking_weight=weight), progress=False)
+    assert not (tmp_path / "s").exists()
+
+
 def test_verify_and_push_treat_the_student_as_a_plain_model(student, tmp_path) -> None:
     import shutil
 
@@ -170,7 +230,8 @@ def test_a_layer_pruned_student_keeps_the_layers_asked_for(teacher, corpus, tmp_
 def test_a_non_finite_loss_stops_at_its_step_and_writes_nothing(teacher, corpus, tmp_path, monkeypatch) -> None:
     from sentence_transformers.sentence_transformer.losses import MSELoss
 
-    monkeypatch.setattr(MSELoss, "forward", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    nan = torch.tensor(float("nan"), requires_grad=True)
+    monkeypatch.setattr(MSELoss, "compute_loss_from_embeddings", lambda self, *a, **k: nan)
     with pytest.raises(ValueError, match=r"the training loss is not finite at step 1: nothing was written"):
         distill_model(teacher, tmp_path / "s", options(corpus), progress=False)
     assert not (tmp_path / "s").exists()
