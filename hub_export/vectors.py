@@ -17,10 +17,15 @@ def project(vectors: np.ndarray, weight: np.ndarray, bias: np.ndarray, dim: int 
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
-    """0-based ranks of a 1-d array (ties broken by position: for continuous values such as cosines)."""
+    """0-based ranks of a 1-d array, tied values sharing their mean rank (as ``scipy.stats.rankdata``: the ranks of
+    Spearman's correlation, where gold scores such as STS-B's repeat)."""
+    values = np.asarray(values)
     order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.concatenate([[0], np.flatnonzero(ordered[1:] != ordered[:-1]) + 1])
+    ends = np.concatenate([starts[1:], [len(values)]])
     result = np.empty(len(values), dtype=np.float64)
-    result[order] = np.arange(len(values))
+    result[order] = np.repeat((starts + ends - 1) / 2, ends - starts)
     return result
 
 

@@ -40,7 +40,7 @@ def ndcg_at_10(scores: np.ndarray, relevant: Sequence[set[int]]) -> float:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman correlation x 100 (continuous similarities; ties broken by position)."""
+    """Spearman correlation x 100 (tied values share their mean rank, as in ``scipy.stats.spearmanr``)."""
     return 100 * float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 

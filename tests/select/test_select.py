@@ -16,7 +16,7 @@ from hub_export.cli import main
 from hub_export.select import SelectOptions, select_parts
 from hub_export.select.candidates import load_candidate
 from hub_export.select.devset import load_devset
-from hub_export.select.scoring import Scorer, ndcg_at_10
+from hub_export.select.scoring import Scorer, ndcg_at_10, spearman
 from tests.constants import DATA
 
 PAIRS = [
@@ -69,6 +69,19 @@ def test_ndcg_matches_pytrec_eval() -> None:
     qrels = {f"q{i}": {f"d{j}": 1 for j in rel} for i, rel in enumerate(relevant)}
     expected = retrieval_metrics(scores, [f"q{i}" for i in range(20)], [f"d{j}" for j in range(50)], qrels)
     assert ndcg_at_10(scores, relevant) == pytest.approx(100 * expected["ndcg@10"], abs=1e-9)
+
+
+def test_spearman_matches_scipy_where_gold_scores_tie() -> None:
+    """STS-B's gold scores repeat (5.0, 4.0, ...): tied values share their mean rank, as in scipy and in ``eval``."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 11, size=300) / 2  # 11 distinct scores over 300 pairs
+    similarities = gold + rng.normal(scale=1.5, size=300)
+    similarities[:20] = similarities[20]  # ties on the other side too
+    expected = 100 * spearmanr(similarities, gold).statistic
+    assert spearman(similarities, gold) == pytest.approx(expected, abs=1e-9)
+    assert spearman(similarities[::-1], gold[::-1]) == pytest.approx(expected, abs=1e-9)  # order does not matter
 
 
 @pytest.mark.parametrize("data", ["sts", "corpus"])
