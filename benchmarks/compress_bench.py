@@ -126,14 +126,15 @@ def encode_all(model_dir: str, cache: Path, pseudo: str, per_document: int | Non
         return vectors
     from sentence_transformers import SentenceTransformer
 
-    from hub_export.data import document_text, load_beir, load_sts, read_pseudo_queries
+    from hub_export.data import document_text, load_beir, load_sts, pseudo_query_sources
 
     corpus, queries, _ = load_beir(DATA / "scifact")
     first, second, _ = load_sts(DATA / "stsb" / "test.tsv.gz")
     model = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")
     texts = [document_text(corpus[d]) for d in corpus]
     encode_chunked(vectors, cache, "docs", texts, functools.partial(model.encode_document, batch_size=32))
-    pseudo_texts = read_pseudo_queries(DATA / "scifact" / "corpus.jsonl.gz", pseudo, per_document=per_document)
+    sources = pseudo_query_sources(DATA / "scifact" / "corpus.jsonl.gz", pseudo, per_document=per_document)
+    pseudo_texts = [text for _, text in sources]
     encode_chunked(vectors, cache, pseudo_key(pseudo, per_document), pseudo_texts, model.encode_query)
     encode_chunked(vectors, cache, "queries", [queries[q] for q in queries], model.encode_query)
     encode_chunked(vectors, cache, "sts1", first, model.encode)

@@ -249,25 +249,6 @@ def check_pseudo_queries(source: str) -> None:
         raise ValueError(f"unknown pseudo_queries {source!r}; valid: {list(PSEUDO_QUERY_SOURCES)}")
 
 
-def read_pseudo_queries(
-    path: str | Path,
-    source: str,
-    limit: int | None = None,
-    seed: int = 0,
-    per_document: int | None = None,
-    exclude: Collection[int] = (),
-) -> list[str]:
-    """The texts of a corpus that stand in for its queries: ``source`` is one of :data:`PSEUDO_QUERY_SOURCES`.
-
-    ``per_document`` applies to ``sentences`` (see :func:`read_corpus_sentences`); documents at the positions in
-    ``exclude`` give none.
-
-    Raises:
-        ValueError: For an unknown source, or as the readers above.
-    """
-    return [text for _, text in pseudo_query_sources(path, source, limit, seed, per_document, exclude)]
-
-
 def pseudo_query_sources(
     path: str | Path,
     source: str,
@@ -276,10 +257,14 @@ def pseudo_query_sources(
     per_document: int | None = None,
     exclude: Collection[int] = (),
 ) -> list[tuple[int, str]]:
-    """:func:`read_pseudo_queries` with the position of the document each pseudo query comes from.
+    """The texts of a corpus that stand in for its queries, each with the position of the document it comes from:
+    ``source`` is one of :data:`PSEUDO_QUERY_SOURCES`.
+
+    ``per_document`` applies to ``sentences`` (see :func:`read_corpus_sentences`); documents at the positions in
+    ``exclude`` give none.
 
     Raises:
-        ValueError: As :func:`read_pseudo_queries`.
+        ValueError: For an unknown source, or as the readers above.
     """
     check_pseudo_queries(source)
     if source == "sentences":

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from hub_export.data import read_corpus_sentences, read_pseudo_queries
+from hub_export.data import pseudo_query_sources, read_corpus_sentences
 
 BODIES = [
     "Short one. This first sentence has exactly six words! Is this second sentence long enough to count?",
@@ -89,6 +89,11 @@ def test_plain_text_corpus_lines_are_bodies(tmp_path) -> None:
     assert sentences[0] in independent_sentences(BODIES[0])
 
 
+def read_pseudo_queries(*args, **kwargs) -> list[str]:
+    """The texts of :func:`pseudo_query_sources`, without their documents' positions."""
+    return [text for _, text in pseudo_query_sources(*args, **kwargs)]
+
+
 def test_pseudo_query_sources_and_bad_input(tmp_path) -> None:
     corpus = tmp_path / "corpus.jsonl.gz"
     write_corpus(corpus, BODIES)
@@ -102,6 +107,8 @@ def test_pseudo_query_sources_and_bad_input(tmp_path) -> None:
         "Title number 1 of the corpus",
     ]
     assert read_pseudo_queries(corpus, "none") == []
+    assert [p for p, _ in pseudo_query_sources(corpus, "titles", limit=2)] == [0, 1]  # each with its document
+    assert {p for p, _ in pseudo_query_sources(corpus, "sentences")} == {0, 2}  # the second has no sentence
     valid = r"valid: \['sentences', 'titles', 'none'\]$"
     with pytest.raises(ValueError, match=rf"^unknown pseudo_queries 'claims'; {valid}"):
         read_pseudo_queries(corpus, "claims")

@@ -262,7 +262,7 @@ def compress_model(
         ValueError: On bad dims, method, corpus (fewer texts than the largest dim), an already
             compressed model, or an output folder that holds other files; nothing is written then.
     """
-    from hub_export.data import check_pseudo_queries, read_corpus_texts, read_pseudo_queries
+    from hub_export.data import check_pseudo_queries, pseudo_query_sources, read_corpus_texts
     from hub_export.modeling import embedding_dimension_of
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
@@ -279,9 +279,10 @@ def compress_model(
     query_texts = read_corpus_texts(options.queries) if options.queries else []
     pseudo = []
     if options.method == "trained":
-        pseudo = read_pseudo_queries(
+        sources = pseudo_query_sources(
             options.corpus, options.pseudo_queries, options.limit, options.seed, options.sentences_per_doc
         )
+        pseudo = [text for _, text in sources]
         if not pseudo and options.pseudo_queries != "none":
             logger.warning(
                 "%s: no %s to use as pseudo queries; training on documents only", options.corpus, options.pseudo_queries
