@@ -107,23 +107,22 @@ def port_number(raw: str) -> int:
 
 def positive_float(raw: str) -> float:
     """A finite number > 0 (``inf``, ``nan`` and ``1e309`` are refused)."""
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise OptionError(f"expected a finite number > 0, got {raw!r}")
-    return value
+    return _finite_float(raw, lambda value: value > 0, "> 0")
 
 
 def non_negative_float(raw: str) -> float:
     """A finite number >= 0 (``inf``, ``nan`` and ``1e309`` are refused)."""
+    return _finite_float(raw, lambda value: value >= 0, ">= 0")
+
+
+def _finite_float(raw: str, accept: Callable[[float], bool], bound: str) -> float:
+    """``raw`` as a finite number that ``accept`` takes; refused as "expected a finite number ``bound``"."""
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise OptionError(f"expected a finite number >= 0, got {raw!r}")
+    if not math.isfinite(value) or not accept(value):
+        raise OptionError(f"expected a finite number {bound}, got {raw!r}")
     return value
 
 

@@ -176,13 +176,14 @@ def distill_model(
         )
     held = held_out_positions(len(documents), options.held_out, options.seed)
     held_set = set(held.tolist())
-    training = [text for position, text in enumerate(documents) if position not in held_set]
+    kept = [position for position in range(len(documents)) if position not in held_set]
+    training = [documents[position] for position in kept]
     held_texts = [documents[position] for position in held]
     sources = pseudo_query_sources(
         options.texts, options.pseudo_queries, options.limit, options.seed, options.sentences_per_doc, held_set
     )
     queries = [text for _, text in sources] + (read_corpus_texts(options.queries) if options.queries else [])
-    training_index = {position: i for i, position in enumerate(p for p in range(len(documents)) if p not in held_set)}
+    training_index = {position: i for i, position in enumerate(kept)}
     origins = [training_index[position] for position, _ in sources]  # each pseudo query's training document
     sts = load_sts(options.eval_sts) if options.eval_sts else None
     student, origin = load_student(teacher_dir, options.student, options.layers, options.max_seq_length)
