@@ -41,6 +41,8 @@ class DistillLoss(MSELoss):
         self.step = 0  # the trainer's step, set by a callback, for the error message
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        """The MSE of each column to its teacher vectors (labels ``[batch, dim]``, or ``[batch, columns, dim]``), plus
+        the weighted ranking term for (query, document) batches."""
         if labels is None:
             raise ValueError("DistillLoss needs the teacher's vectors as labels")
         embeddings = embed_columns(self.model, sentence_features)
