@@ -121,11 +121,11 @@ def main() -> None:
     started = time.perf_counter()
     select_parts(on_scifact, SelectOptions(beir=str(DATA / "scifact"), cache=cache, seed=args.seed))
     seconds = time.perf_counter() - started
-    say(f"select (SciFact, {len(scifact['rows'])} combinations, weights searched): {seconds:.1f} s")
+    say(f"select (SciFact, {len(scifact['rows'])} combinations, weights fitted): {seconds:.1f} s")
     started = time.perf_counter()
     select_parts(parts, SelectOptions(sts=str(DATA / "stsb" / "dev.tsv.gz"), cache=cache, seed=args.seed))
     seconds = time.perf_counter() - started
-    say(f"select (STS-B dev, 3 candidates, {len(sts['rows'])} combinations, weights searched): {seconds:.1f} s")
+    say(f"select (STS-B dev, 3 candidates, {len(sts['rows'])} combinations, weights fitted): {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="--corpus: a sentence's relevant document is its own, the sentence taken out (source), or the top 10 "
         "of all candidates concatenated (concat)",
     )
-    select.add_argument("--weights", default="auto", choices=WEIGHT_MODES, help="auto: searched on the choosing half")
+    select.add_argument("--weights", default="auto", choices=WEIGHT_MODES, help="auto: fitted on the choosing half")
     select.add_argument("--holdout", type=share, default=0.5, help="share of pairs / queries held out (seeded)")
     select.add_argument("--json", default=None, help="write every combination's numbers to this JSON file")
     select.add_argument("--png", default=None, help="write the Pareto front of quality against cost (PNG)")

@@ -16,7 +16,7 @@ from hub_export.cli import main
 from hub_export.select import SelectOptions, select_parts
 from hub_export.select.candidates import load_candidate
 from hub_export.select.devset import load_devset
-from hub_export.select.scoring import Scorer, ndcg_at_10, spearman
+from hub_export.select.scoring import SCALES, Scorer, likelihood_weights, ndcg_at_10, spearman
 from tests.constants import DATA
 
 PAIRS = [
@@ -82,6 +82,37 @@ def test_spearman_matches_scipy_where_gold_scores_tie() -> None:
     expected = 100 * spearmanr(similarities, gold).statistic
     assert spearman(similarities, gold) == pytest.approx(expected, abs=1e-9)
     assert spearman(similarities[::-1], gold[::-1]) == pytest.approx(expected, abs=1e-9)  # order does not matter
+
+
+def test_retrieval_weights_maximize_the_likelihood_of_the_relevant_documents() -> None:
+    """The fitted scales are the best of their neighbourhood under an independent log-softmax (torch), and a part
+    that is only noise is scaled far below the parts that find the relevant documents."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    queries, documents = 200, 100
+    relevant = [{q % documents, (q + 7) % documents} for q in range(queries)]
+    signal = rng.normal(scale=0.1, size=(queries, documents))
+    for q, wanted in enumerate(relevant):
+        signal[q, sorted(wanted)] += 0.25
+    views = [signal + rng.normal(scale=scale, size=signal.shape) for scale in (0.05, 0.1)]  # two noisy views
+    parts = [*views, rng.normal(scale=0.1, size=signal.shape)]  # and one that is only noise
+
+    def log_likelihood(scales: list[float]) -> float:
+        logits = torch.tensor(sum(scale * cosines for scale, cosines in zip(scales, parts)), dtype=torch.float64)
+        logp = torch.log_softmax(logits, dim=1)
+        return float(np.mean([float(logp[q, d]) for q, wanted in enumerate(relevant) for d in wanted]))
+
+    fitted = likelihood_weights(parts, relevant)
+    best = log_likelihood(fitted)
+    for index in range(len(parts)):
+        for factor in (0.9, 1.1):
+            moved = [value * factor if i == index else value for i, value in enumerate(fitted)]
+            if SCALES[0] <= moved[index] <= SCALES[1]:  # the fit's bounds
+                assert log_likelihood(moved) <= best + 1e-9
+    assert best > log_likelihood([20.0, 20.0, 20.0]) + 0.1  # better than the equal start
+    assert fitted[2] < 0.1 * min(fitted[:2])  # noise: weight (the square root) below a third of the others'
+    assert likelihood_weights(parts, [set()] * queries) == [1.0, 1.0, 1.0]  # nothing relevant: equal
 
 
 @pytest.mark.parametrize("data", ["sts", "corpus"])
