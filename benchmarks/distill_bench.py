@@ -1,7 +1,8 @@
 """Distilling a combined model into plain students: quality, speed and training cost (a script, not a test).
 
 Trains each student with ``concat-embed distill`` (one process each, so its peak memory is its own; the teacher's
-vectors are encoded once into a shared ``--cache``) on the SciFact corpus (documents and their sentences) and the
+vectors are encoded once into a shared ``--cache``, by the first student's process, whose peak then includes the
+teacher's) on the SciFact corpus (documents and their sentences) and the
 STS-B *dev* sentences without their scores, never on test queries or test pairs. Then reports SciFact test
 nDCG@10 and STS-B test Spearman (x100) for the full concatenation, each part alone, the compressed teacher and
 each student, with encoding speed against the teacher measured in the same run, training seconds and peak
@@ -104,7 +105,7 @@ def train(args: argparse.Namespace, name: str, student: str, layers: list[int] |
         return json.loads(result_file.read_text())
     options = {"texts": str(DATA / "scifact" / "corpus.jsonl.gz"), "student": student, "layers": layers,
                "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "queries": str(args.sts_sentences),
-               "sentences_per_doc": args.sentences_per_doc, "eval_sts": str(DATA / "stsb" / "dev.tsv.gz"),
+               "sentences_per_doc": args.sentences_per_doc or None, "eval_sts": str(DATA / "stsb" / "dev.tsv.gz"),
                "cache": str(args.work / "teacher-cache"), "max_seq_length": args.max_seq_length,
                "ranking_weight": args.ranking_weight}  # fmt: skip
     spec = {"teacher": str(args.teacher), "out": str(out), "options": options}
@@ -136,10 +137,10 @@ def main() -> None:
     parser.add_argument(
         "--students", default="minilm_l6,minilm_l6:0+3+5", help="PART[:LAYERS] (PART: a part name or a student folder)"
     )
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--sentences-per-doc", type=int, default=2)
+    parser.add_argument("--sentences-per-doc", type=int, default=0, help="pseudo queries per abstract (0: all)")
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--ranking-weight", type=float, default=0.0, help="distill's --ranking-weight")
     parser.add_argument("--tag", default="", help="appended to the students' folder names (another recipe, same work)")
