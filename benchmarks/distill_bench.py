@@ -2,8 +2,8 @@
 
 Trains each student with ``concat-embed distill`` (one process each, so its peak memory is its own; the teacher's
 vectors are encoded once into a shared ``--cache``, by the first student's process, whose peak then includes the
-teacher's) on the SciFact corpus (documents and their sentences) and the
-STS-B *dev* sentences without their scores, never on test queries or test pairs. Then reports SciFact test
+teacher's) on the SciFact corpus (documents and their sentences) and the STS-B *dev* sentences without their
+scores, never on test queries or test pairs. Then reports SciFact test
 nDCG@10 and STS-B test Spearman (x100) for the full concatenation, each part alone, the compressed teacher and
 each student, with encoding speed against the teacher measured in the same run, training seconds and peak
 memory, the CPU line on top.
