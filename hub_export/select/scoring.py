@@ -110,9 +110,8 @@ class Scorer:
             fitted = likelihood_weights(
                 [self.similarities[name][units] for name in parts], [self.relevant[i] for i in units]
             )
-            top = max(fitted)
-            squared = [max(value / top, FLOOR) if math.isfinite(top) and top > 0 else value for value in fitted]
-        weights = [math.sqrt(v) if v >= 0 else math.nan for v in squared]
+            squared = [max(value / max(fitted), FLOOR) for value in fitted]  # fitted: within SCALES, > 0
+        weights = [math.sqrt(v) for v in squared]
         top = max(weights)
         weights = tuple(round(w / top, 2) for w in weights)  # as the report shows them; finer is noise
         if not all(math.isfinite(w) and w > 0 for w in weights):
