@@ -233,7 +233,7 @@ def cache_folder(work: Path, identity: dict[str, Any]) -> Path:
     """
     record = work / IDENTITY_FILE
     if work.is_symlink() or (work.exists() and not work.is_dir()):
-        raise ValueError(f"{work} is a link or a file; move it away (distill keeps its teacher vectors there)")
+        raise ValueError(f"{work} is a link or a file; move it away (concat-embed keeps cached vectors there)")
     if work.is_dir():
         previous = read_json(record) if record.is_file() and not record.is_symlink() else None
         if not isinstance(previous, dict) or previous.get("kind") != CACHE_KIND:

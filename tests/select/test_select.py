@@ -170,6 +170,21 @@ def test_a_rerun_reads_the_cached_vectors(tiny_parts, sts_file, tmp_path, monkey
     assert select_parts(parts, options)["rows"][0]["choose"] == first["rows"][0]["choose"]
 
 
+def test_a_cached_candidate_folder_that_is_a_link_is_refused(tiny_parts, sts_file, tmp_path) -> None:
+    options = SelectOptions(sts=str(sts_file), cache=str(tmp_path / "cache"))
+    parts = [("a", str(tiny_parts["a"])), ("b", str(tiny_parts["b"]))]
+    select_parts(parts, options)
+    folder = next((tmp_path / "cache").glob("a-*"))
+    elsewhere = folder.rename(tmp_path / "elsewhere")
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(path.name for path in elsewhere.iterdir())
+    with pytest.raises(
+        ValueError, match=r"is a link or a file; move it away \(concat-embed keeps cached vectors there\)$"
+    ):
+        select_parts(parts, options)
+    assert folder.is_symlink() and sorted(path.name for path in elsewhere.iterdir()) == before  # nothing touched
+
+
 def test_weights_that_come_out_non_finite_are_refused(tiny_parts, sts_file, tmp_path, monkeypatch) -> None:
     from hub_export.select import scoring
 
