@@ -5,10 +5,12 @@ corpus with its document prompt, their sentences (and any ``queries``) with its 
 sample of documents. The student (one of its parts, or any sentence-transformers folder; optionally with only
 some layers) starts from its own weights; the teacher's vectors are first rotated toward the student's own
 starting outputs (orthogonal Procrustes: cosines unchanged), then sentence-transformers' trainer minimizes the
-MSE between them (``losses.MSELoss``), with checkpoints in the work folder, so that the same command resumes an
-interrupted run. The result is a plain folder (Transformer, Pooling, [Dense], Normalize; no Python file) that
-loads without ``trust_remote_code`` and that Text Embeddings Inference reads; ``distillation.json`` records the
-teacher, the texts, the student's origin and layers, the training and the held-out fidelity.
+MSE between them (``losses.MSELoss``) over batches of texts of similar token length
+(:class:`~hub_export.distill.sampler.LengthGroupedBatchSampler`), with checkpoints in the work folder, so that the
+same command resumes an interrupted run. The result is a plain folder (Transformer, Pooling, [Dense], Normalize;
+no Python file) that loads without ``trust_remote_code`` and that Text Embeddings Inference reads;
+``distillation.json`` records the teacher, the texts, the student's origin and layers, the training and the
+held-out fidelity.
 """
 
 from __future__ import annotations
@@ -241,6 +243,7 @@ def distill_model(
             "loss": loss_name(options.ranking_weight),
             "seed": options.seed,
             "resumed": resumed,
+            "batches": "grouped by token length",
             "attention_dropout": {
                 "origin": attention_dropout,
                 "training": 0.0 if attention_dropout is not None else None,
@@ -355,6 +358,7 @@ def train_student(
         key: value for key, value in asdict(options).items() if key not in ("texts", "queries", "eval_sts", "cache")
     }
     settings["student"] = origin.name
+    settings["batches"] = "grouped by token length"
     checkpoints = work / "checkpoints"
     earlier = sorted(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
     if earlier:
@@ -407,7 +411,19 @@ def train_student(
     loss = DistillLoss(student, options.ranking_weight, RANKING_TEMPERATURE)
     latest = get_last_checkpoint(str(checkpoints)) if earlier else None  # the one the trainer resumes from
     clock = _TrainingClock(Path(latest) if latest else None)
-    trainer = SentenceTransformerTrainer(
+    from hub_export.distill.sampler import LengthGroupedBatchSampler
+
+    def token_counts(texts: list[str]) -> list[int]:
+        ids = student.tokenizer(texts, truncation=True, max_length=student.max_seq_length)["input_ids"]
+        return [len(row) for row in ids]
+
+    class Trainer(SentenceTransformerTrainer):  # the sampler through a method: the arguments stay picklable
+        def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+            return LengthGroupedBatchSampler(
+                dataset, batch_size, drop_last, valid_label_columns, generator, seed, token_counts=token_counts
+            )
+
+    trainer = Trainer(
         model=student,
         args=arguments,
         train_dataset=DatasetDict(datasets) if len(datasets) > 1 else next(iter(datasets.values())),

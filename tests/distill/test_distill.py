@@ -164,6 +164,23 @@ def test_a_ranking_term_trains_and_is_recorded(teacher, corpus, tmp_path) -> Non
     assert SentenceTransformer(str(tmp_path / "s"), device="cpu").prompts["query"] == QUERY_PROMPT
 
 
+def test_the_trainer_takes_its_batches_from_the_length_grouped_sampler(teacher, corpus, tmp_path, monkeypatch):
+    from hub_export.distill.sampler import LengthGroupedBatchSampler
+
+    handed: list[list[int]] = []
+    original = LengthGroupedBatchSampler.__iter__
+
+    def recorded(self):
+        for batch in original(self):
+            handed.append(batch)
+            yield batch
+
+    monkeypatch.setattr(LengthGroupedBatchSampler, "__iter__", recorded)
+    record = distill_model(teacher, tmp_path / "s", options(corpus, epochs=1), progress=False)
+    assert len(handed) == record["training"]["steps"] > 0
+    assert record["training"]["batches"] == "grouped by token length"
+
+
 @pytest.mark.parametrize("weight", [-0.1, float("nan"), float("inf")])
 def test_a_ranking_weight_must_be_finite_and_not_negative(teacher, corpus, tmp_path, weight) -> None:
     with pytest.raises(ValueError, match=rf"^ranking_weight = {weight!r}: expected a finite number >= 0$"):
