@@ -414,8 +414,17 @@ def train_student(
     from hub_export.distill.sampler import LengthGroupedBatchSampler
 
     def token_counts(texts: list[str]) -> list[int]:
-        ids = student.tokenizer(texts, truncation=True, max_length=student.max_seq_length)["input_ids"]
-        return [len(row) for row in ids]
+        counts = []
+        for start in range(0, len(texts), 1024):  # a slice at a time: bounded memory for any number of texts
+            ids = student.tokenizer(
+                texts[start : start + 1024],
+                truncation=True,
+                max_length=student.max_seq_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+            counts += [len(row) for row in ids]
+        return counts
 
     class Trainer(SentenceTransformerTrainer):  # the sampler through a method: the arguments stay picklable
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
