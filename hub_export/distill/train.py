@@ -54,6 +54,7 @@ MIN_TEXTS = 10  # documents a distillation needs: at least 3 are held out to mea
 # Test hook: the process kills itself (SIGKILL) once a checkpoint at or after this step is saved, so a test
 # interrupts a run at a deterministic point instead of racing a clock.
 KILL_AFTER_CHECKPOINT_ENV = "CONCAT_EMBED_TEST_KILL_AFTER_CHECKPOINT"
+BATCHES = "grouped by token length"  # how training batches are formed (LengthGroupedBatchSampler), as recorded
 RANKING_TEMPERATURE = 0.05  # of the ranking term's softmax over a batch's cosines (sentence-transformers' scale 20)
 
 
@@ -243,7 +244,7 @@ def distill_model(
             "loss": loss_name(options.ranking_weight),
             "seed": options.seed,
             "resumed": resumed,
-            "batches": "grouped by token length",
+            "batches": BATCHES,
             "attention_dropout": {
                 "origin": attention_dropout,
                 "training": 0.0 if attention_dropout is not None else None,
@@ -358,7 +359,7 @@ def train_student(
         key: value for key, value in asdict(options).items() if key not in ("texts", "queries", "eval_sts", "cache")
     }
     settings["student"] = origin.name
-    settings["batches"] = "grouped by token length"
+    settings["batches"] = BATCHES
     checkpoints = work / "checkpoints"
     earlier = sorted(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
     if earlier:
