@@ -90,7 +90,9 @@ def texts_per_second(model_dir: Path, rounds: int = 2) -> dict[str, float]:
 def distill_child(spec: dict) -> None:
     """``--child``: one distillation in this process; prints its record and this process's peak memory as JSON."""
     from hub_export.distill import DistillOptions, distill_model
+    from hub_export.runtime.memory import return_freed_memory
 
+    return_freed_memory()  # as ``concat-embed distill`` does
     record = distill_model(spec["teacher"], spec["out"], DistillOptions(**spec["options"]), progress=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     sys.stdout.write(json.dumps({"record": {k: v for k, v in record.items() if k != "probes"}, "peak_mb": peak_mb}))

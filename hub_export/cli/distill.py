@@ -23,6 +23,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     """Distil a combined model into a plain sentence-transformers folder."""
     require("accelerate", "datasets", *(["scipy"] if args.eval_sts else []))
     from hub_export.distill import DistillOptions, distill_model
+    from hub_export.runtime.memory import return_freed_memory
 
     options = DistillOptions(
         texts=args.texts, student=args.student, layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
@@ -30,6 +31,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         sentences_per_doc=args.sentences_per_doc, limit=args.limit, eval_sts=args.eval_sts, held_out=args.held_out,
         checkpoint_steps=args.checkpoint_steps, cache=args.cache, ranking_weight=args.ranking_weight,
     )  # fmt: skip
+    return_freed_memory()  # this process exists to train: return freed activations (see hub_export.runtime.memory)
     record = distill_model(args.teacher, args.out, options, progress=not args.no_progress)
     held = record["held_out"]
     sys.stdout.write(f"{args.out}\n")

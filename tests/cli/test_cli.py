@@ -174,3 +174,22 @@ def test_serve_on_a_busy_port_names_it_before_loading_anything(built_model, caps
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
     assert err.startswith(f"concat-embed serve: error: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_distill_returns_freed_memory_before_it_trains(monkeypatch, capsys) -> None:
+    """The process exists to train: the allocator returns freed activations (hub_export.runtime.memory)."""
+    import hub_export.distill
+    import hub_export.runtime.memory
+
+    calls = []
+    monkeypatch.setattr(hub_export.runtime.memory, "return_freed_memory", lambda: calls.append("memory") or True)
+
+    def distill(*args, **kwargs):
+        calls.append("distill")
+        raise ValueError("stopped here")
+
+    monkeypatch.setattr(hub_export.distill, "distill_model", distill)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "teacher", "--texts", "t.txt", "--out", "o"])
+    assert exit_info.value.code == 2 and calls == ["memory", "distill"]
+    assert capsys.readouterr().err == "concat-embed distill: error: stopped here\n"

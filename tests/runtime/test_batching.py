@@ -41,32 +41,3 @@ def test_token_budget_encoding_equals_plain_encode(loaded_model) -> None:
     ours = encode_with_token_budget(loaded_model, TEXTS, max_tokens=40, prompt_name="query")
     assert np.abs(ours - loaded_model.encode_query(TEXTS)).max() <= 1e-5
     assert encode_with_token_budget(loaded_model, []).shape == (0,)
-
-
-PAGE_FAULTS = """
-import resource, sys, torch
-from hub_export.runtime.memory import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "tuned" else None
-x = torch.ones(8 * 2**20)  # 32 MiB; each step below allocates 32 MiB tensors, as a forward pass does
-for step in range(6):
-    if step == 3:  # steady state
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    y = torch.nn.functional.gelu(x * 2) + 1
-    del y
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
-    import subprocess
-    import sys
-
-    def run(mode: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
-        applied, faults = out.stdout.split()
-        return applied, int(faults)
-
-    (applied, tuned), (_, default) = run("tuned"), run("default")
-    assert applied == "True"
-    assert default > 3 * 8192  # at least one 32 MiB tensor of fresh 4 KiB pages per step
-    assert tuned < default / 4  # heap reuse; an aligned block may still need fresh pages now and then
