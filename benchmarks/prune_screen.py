@@ -1,0 +1,63 @@
+"""Which layers to keep: every choice of K of a student's transformer layers, pruned and not trained, scored
+against the teacher without labels, and on STS-B dev.
+
+    python benchmarks/prune_screen.py STUDENT --held-out STUDENT/distillation-heldout.npz [--keep 3]
+
+STUDENT is a distilled student (or any sentence-transformers folder); ``distillation-heldout.npz`` (written beside
+every student) holds the held-out documents and the teacher's vectors of them. Each line: the kept layers, the
+Spearman of the held-out documents' pairwise cosines against the teacher's (label-free; what
+``distillation.json`` calls held-out fidelity), its MSE, and STS-B dev Spearman x 100; best first. The CPU line on
+top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("student", type=Path)
+    parser.add_argument("--held-out", type=Path, required=True, help="a student's distillation-heldout.npz")
+    parser.add_argument("--keep", type=int, default=3, help="layers to keep")
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    args = parser.parse_args()
+    from scipy.stats import spearmanr
+    from sentence_transformers import SentenceTransformer
+
+    from hub_export.data import load_sts
+    from hub_export.distill.student import keep_layers, layer_list
+    from hub_export.runtime.choice import cpu_summary
+    from hub_export.vectors import cosine_rows, similarity_fidelity
+
+    sys.stdout.write(cpu_summary() + "\n")
+    held = np.load(args.held_out, allow_pickle=False)
+    texts, teacher = [str(t) for t in held["texts"]], held["teacher"]
+    first, second, scores = load_sts(DATA / "stsb" / "dev.tsv.gz")
+    found = layer_list(SentenceTransformer(str(args.student), device="cpu"))
+    if found is None:
+        parser.error(f"{args.student}: its transformer has no layer list (encoder.layer / layers) to prune")
+    total = len(found[2])
+    rows = []
+    for keep in itertools.combinations(range(total), args.keep):
+        model = SentenceTransformer(str(args.student), device="cpu")
+        model.max_seq_length = args.max_seq_length
+        keep_layers(model, list(keep))
+        fidelity = similarity_fidelity(model.encode(texts, batch_size=32), teacher)
+        sts = spearmanr(cosine_rows(model.encode(first), model.encode(second)), scores).statistic * 100
+        rows.append((fidelity["spearman"], fidelity["mse"], sts, keep))
+    sys.stdout.write("| layers | held-out Spearman to the teacher | MSE | STS-B dev |\n|---|---|---|---|\n")
+    for spearman, mse, sts, keep in sorted(rows, reverse=True):
+        sys.stdout.write(f"| {', '.join(map(str, keep))} | {spearman:.3f} | {mse:.2e} | {sts:.2f} |\n")
+
+
+if __name__ == "__main__":
+    main()
