@@ -30,11 +30,11 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=3, help="layers to keep")
     parser.add_argument("--max-seq-length", type=int, default=256)
     args = parser.parse_args()
-    from scipy.stats import spearmanr
     from sentence_transformers import SentenceTransformer
 
     from hub_export.data import load_sts
     from hub_export.distill.student import keep_layers, layer_list
+    from hub_export.quality.evaluation import sts_score
     from hub_export.runtime.choice import cpu_summary
     from hub_export.vectors import cosine_rows, similarity_fidelity
 
@@ -46,17 +46,20 @@ def main() -> None:
     if found is None:
         parser.error(f"{args.student}: its transformer has no layer list (encoder.layer / layers) to prune")
     total = len(found[2])
+    if not 1 <= args.keep <= total:
+        parser.error(f"--keep {args.keep}: expected 1 to {total} (the student has {total} layers)")
     rows = []
     for keep in itertools.combinations(range(total), args.keep):
         model = SentenceTransformer(str(args.student), device="cpu")
         model.max_seq_length = args.max_seq_length
         keep_layers(model, list(keep))
         fidelity = similarity_fidelity(model.encode(texts, batch_size=32), teacher)
-        sts = spearmanr(cosine_rows(model.encode(first), model.encode(second)), scores).statistic * 100
+        sts = sts_score(cosine_rows(model.encode(first), model.encode(second)), scores, "STS-B dev")
         rows.append((fidelity["spearman"], fidelity["mse"], sts, keep))
     sys.stdout.write("| layers | held-out Spearman to the teacher | MSE | STS-B dev |\n|---|---|---|---|\n")
-    for spearman, mse, sts, keep in sorted(rows, reverse=True):
-        sys.stdout.write(f"| {', '.join(map(str, keep))} | {spearman:.3f} | {mse:.2e} | {sts:.2f} |\n")
+    for spearman, mse, sts, keep in sorted(rows, key=lambda row: row[0], reverse=True):
+        cell = "n/a" if sts is None else f"{sts:.2f}"
+        sys.stdout.write(f"| {', '.join(map(str, keep))} | {spearman:.3f} | {mse:.2e} | {cell} |\n")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ texts and a text's padding is masked, so this is exact, not an approximation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         valid_label_columns: list[str] | None = None,
         generator: torch.Generator | None = None,
         seed: int = 0,
-        token_counts: Callable[[list[str]], list[int]] | None = None,
+        token_counts: Callable[[list[str]], Sequence[int]] | None = None,
     ) -> None:
         super().__init__(
             range(len(dataset)),
@@ -57,7 +57,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         columns = [name for name in dataset.column_names if name not in labels]
         lengths = torch.zeros(len(dataset), dtype=torch.long)
         for name in columns:
-            lengths += torch.tensor(token_counts(list(dataset[name])), dtype=torch.long)
+            lengths += torch.as_tensor(token_counts(list(dataset[name])), dtype=torch.long)
         self.lengths = lengths
 
     def __iter__(self) -> Iterator[list[int]]:

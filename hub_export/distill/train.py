@@ -15,6 +15,7 @@ held-out fidelity.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -413,19 +414,9 @@ def train_student(
     latest = get_last_checkpoint(str(checkpoints)) if earlier else None  # the one the trainer resumes from
     clock = _TrainingClock(Path(latest) if latest else None)
     from hub_export.distill.sampler import LengthGroupedBatchSampler
+    from hub_export.runtime.batching import token_lengths
 
-    def token_counts(texts: list[str]) -> list[int]:
-        counts = []
-        for start in range(0, len(texts), 1024):  # a slice at a time: bounded memory for any number of texts
-            ids = student.tokenizer(
-                texts[start : start + 1024],
-                truncation=True,
-                max_length=student.max_seq_length,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
-            counts += [len(row) for row in ids]
-        return counts
+    token_counts = functools.partial(token_lengths, student)
 
     class Trainer(SentenceTransformerTrainer):  # the sampler through a method: the arguments stay picklable
         def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):

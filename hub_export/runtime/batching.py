@@ -14,10 +14,24 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+TOKEN_COUNT_SLICE = 1024  # texts tokenized at a time: bounded memory for any number of texts
+
+
 def token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
-    """Token count of each text under the model's tokenizer and token limit."""
-    encoded = model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length, add_special_tokens=True)
-    return np.array([len(ids) for ids in encoded["input_ids"]])
+    """Token count of each text under the model's tokenizer and token limit (ids only, a slice at a time)."""
+    texts = list(texts)
+    counts: list[int] = []
+    for start in range(0, len(texts), TOKEN_COUNT_SLICE):
+        encoded = model.tokenizer(
+            texts[start : start + TOKEN_COUNT_SLICE],
+            truncation=True,
+            max_length=model.max_seq_length,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        counts += [len(ids) for ids in encoded["input_ids"]]
+    return np.array(counts, dtype=np.int64)
 
 
 def token_budget_batches(lengths: np.ndarray, max_tokens: int, max_batch_size: int = 32) -> list[np.ndarray]:
