@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=3, help="layers to keep")
     parser.add_argument("--max-seq-length", type=int, default=256)
     args = parser.parse_args()
+    if not (args.student / "modules.json").is_file():  # a local folder only: a bare name would go to the Hub
+        parser.error(f"{args.student}: not a sentence-transformers folder (no modules.json)")
     from sentence_transformers import SentenceTransformer
 
     from hub_export.data import load_sts
@@ -39,8 +41,13 @@ def main() -> None:
     from hub_export.vectors import cosine_rows, similarity_fidelity
 
     sys.stdout.write(cpu_summary() + "\n")
-    held = np.load(args.held_out, allow_pickle=False)
-    texts, teacher = [str(t) for t in held["texts"]], held["teacher"]
+    try:
+        held = np.load(args.held_out, allow_pickle=False)
+        texts, teacher = [str(t) for t in held["texts"]], held["teacher"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as error:
+        parser.error(f"{args.held_out}: not a student's distillation-heldout.npz (texts, teacher): {error}")
+    if teacher.ndim != 2 or len(teacher) != len(texts) or len(texts) < 3 or not np.isfinite(teacher).all():
+        parser.error(f"{args.held_out}: 'teacher' must hold one finite vector per text (at least 3 texts)")
     first, second, scores = load_sts(DATA / "stsb" / "dev.tsv.gz")
     found = layer_list(SentenceTransformer(str(args.student), device="cpu"))
     if found is None:
