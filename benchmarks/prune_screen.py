@@ -24,6 +24,7 @@ DATA = Path(os.environ.get("CONCAT_EMBED_DATA", Path(__file__).resolve().parents
 
 
 def main() -> None:
+    """Score every choice of ``--keep`` layers and print the table, best held-out fidelity first."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("student", type=Path)
     parser.add_argument("--held-out", type=Path, required=True, help="a student's distillation-heldout.npz")
